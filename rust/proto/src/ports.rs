@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Sets of TCP ports, as written in sysctls and configuration: `"80 443, 8000-8003"`.
+//!
+//! Fixed capacity and no allocation, so the kernel can hold one in a module and the
+//! sysctl handler can parse into a scratch copy before it commits.
+
+use core::fmt;
+
+/// Most ports a set can hold.
+pub const MAX_PORTS: usize = 64;
+
+/// A sorted set of distinct, non-zero ports.
+///
+/// # Invariants
+///
+/// `ports[..len]` is strictly increasing and contains no zero; `len <= MAX_PORTS`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PortSet {
+    ports: [u16; MAX_PORTS],
+    len: usize,
+}
+
+/// Why a port list was rejected. `at` is the byte offset of the offending token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortError {
+    /// Not a number, or a number that does not fit in 16 bits.
+    NotAPort { at: usize },
+    /// Port 0 is not a service port.
+    Zero { at: usize },
+    /// A range whose end is below its start.
+    BackwardsRange { at: usize },
+    /// More than [`MAX_PORTS`] ports.
+    TooMany { at: usize },
+}
+
+impl fmt::Display for PortError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PortError::NotAPort { at } => write!(f, "not a port number (1-65535) at byte {at}"),
+            PortError::Zero { at } => write!(f, "port 0 is not allowed (byte {at})"),
+            PortError::BackwardsRange { at } => write!(f, "range end below its start at byte {at}"),
+            PortError::TooMany { at } => write!(f, "more than {MAX_PORTS} ports (byte {at})"),
+        }
+    }
+}
+
+/// Why a single insert failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// Port 0.
+    Zero,
+    /// The set is full.
+    Full,
+}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PortSet {
+    /// The empty set.
+    pub const fn new() -> Self {
+        PortSet { ports: [0; MAX_PORTS], len: 0 }
+    }
+
+    /// The ports, ascending.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ports[..self.len]
+    }
+
+    /// Number of ports.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Index of `port`, if present (binary search).
+    pub fn position(&self, port: u16) -> Option<usize> {
+        self.as_slice().binary_search(&port).ok()
+    }
+
+    /// True when `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        self.position(port).is_some()
+    }
+
+    /// Insert a port; returns `Ok(false)` when it was already present.
+    pub fn insert(&mut self, port: u16) -> Result<bool, InsertError> {
+        if port == 0 {
+            return Err(InsertError::Zero);
+        }
+        match self.as_slice().binary_search(&port) {
+            Ok(_) => Ok(false),
+            Err(_) if self.len == MAX_PORTS => Err(InsertError::Full),
+            Err(i) => {
+                self.ports.copy_within(i..self.len, i + 1);
+                self.ports[i] = port;
+                self.len += 1;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Remove a port; returns whether it was present.
+    pub fn remove(&mut self, port: u16) -> bool {
+        match self.position(port) {
+            Some(i) => {
+                self.ports.copy_within(i + 1..self.len, i);
+                self.len -= 1;
+                self.ports[self.len] = 0;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Parse a list of ports and ranges separated by spaces, tabs, newlines or commas.
+    /// The empty string is the empty set.
+    pub fn parse(text: &[u8]) -> Result<Self, PortError> {
+        let mut set = PortSet::new();
+        let mut i = 0;
+        while i < text.len() {
+            if is_sep(text[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < text.len() && !is_sep(text[i]) {
+                i += 1;
+            }
+            let tok = &text[start..i];
+            let (lo, hi) = match tok.iter().position(|&b| b == b'-') {
+                Some(d) => (
+                    parse_port(&tok[..d], start)?,
+                    parse_port(&tok[d + 1..], start + d + 1)?,
+                ),
+                None => {
+                    let p = parse_port(tok, start)?;
+                    (p, p)
+                }
+            };
+            if hi < lo {
+                return Err(PortError::BackwardsRange { at: start });
+            }
+            for p in lo..=hi {
+                set.insert(p).map_err(|_| PortError::TooMany { at: start })?;
+            }
+        }
+        Ok(set)
+    }
+}
+
+fn is_sep(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',')
+}
+
+fn parse_port(tok: &[u8], at: usize) -> Result<u16, PortError> {
+    if tok.is_empty() || tok.len() > 5 || !tok.iter().all(u8::is_ascii_digit) {
+        return Err(PortError::NotAPort { at });
+    }
+    let v = tok.iter().fold(0u32, |acc, &d| acc * 10 + (d - b'0') as u32);
+    match v {
+        0 => Err(PortError::Zero { at }),
+        1..=65535 => Ok(v as u16),
+        _ => Err(PortError::NotAPort { at }),
+    }
+}
+
+/// Writes the set in the form [`PortSet::parse`] reads: ascending, space-separated.
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.as_slice().iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_lists_and_ranges() {
+        let s = PortSet::parse(b" 443,80\n8000-8002 80").unwrap();
+        assert_eq!(s.as_slice(), &[80, 443, 8000, 8001, 8002]);
+        assert_eq!(s.to_string(), "80 443 8000 8001 8002");
+        assert!(PortSet::parse(b"").unwrap().is_empty());
+        assert!(PortSet::parse(b" , \n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_input_with_position() {
+        assert_eq!(PortSet::parse(b"80 http"), Err(PortError::NotAPort { at: 3 }));
+        assert_eq!(PortSet::parse(b"0"), Err(PortError::Zero { at: 0 }));
+        assert_eq!(PortSet::parse(b"65536"), Err(PortError::NotAPort { at: 0 }));
+        assert_eq!(PortSet::parse(b"99999999999"), Err(PortError::NotAPort { at: 0 }));
+        assert_eq!(PortSet::parse(b"9-3"), Err(PortError::BackwardsRange { at: 0 }));
+        assert_eq!(PortSet::parse(b"1-"), Err(PortError::NotAPort { at: 2 }));
+        assert_eq!(PortSet::parse(b"-5"), Err(PortError::NotAPort { at: 0 }));
+        assert_eq!(PortSet::parse(b"1-65535"), Err(PortError::TooMany { at: 0 }));
+        assert_eq!(PortSet::parse(b"+80"), Err(PortError::NotAPort { at: 0 }));
+    }
+
+    #[test]
+    fn insert_remove() {
+        let mut s = PortSet::new();
+        assert_eq!(s.insert(0), Err(InsertError::Zero));
+        assert_eq!(s.insert(5), Ok(true));
+        assert_eq!(s.insert(5), Ok(false));
+        for p in 100..163 {
+            assert_eq!(s.insert(p), Ok(true));
+        }
+        assert_eq!(s.len(), MAX_PORTS);
+        assert_eq!(s.insert(7), Err(InsertError::Full));
+        assert!(s.remove(5));
+        assert!(!s.remove(5));
+        assert_eq!(s.insert(7), Ok(true));
+    }
+
+    proptest! {
+        #[test]
+        fn display_parse_roundtrip(ports in proptest::collection::btree_set(1u16.., 0..MAX_PORTS)) {
+            let mut s = PortSet::new();
+            for &p in &ports {
+                s.insert(p).unwrap();
+            }
+            let text = s.to_string();
+            prop_assert_eq!(PortSet::parse(text.as_bytes()).unwrap(), s);
+            prop_assert_eq!(s.as_slice(), &ports.iter().copied().collect::<Vec<_>>()[..]);
+        }
+
+        #[test]
+        fn parse_never_panics(text in proptest::collection::vec(any::<u8>(), 0..80)) {
+            if let Ok(s) = PortSet::parse(&text) {
+                prop_assert!(s.as_slice().windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(!s.contains(0));
+            }
+        }
+    }
+}
