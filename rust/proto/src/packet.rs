@@ -107,6 +107,14 @@ pub struct Ipv4Header {
 impl Ipv4Header {
     /// Parse and validate the IPv4 header at the start of `pkt`.
     pub fn parse(pkt: &[u8]) -> Result<Self, ParseError> {
+        Self::parse_headers(pkt, pkt.len())
+    }
+
+    /// Parse the IPv4 header at the start of `head`, the contiguous first part of a
+    /// packet that is `pkt_len` bytes long in all (a kernel buffer's payload may sit
+    /// in page fragments). The header must lie in `head`; the total length is checked
+    /// against `pkt_len`.
+    pub fn parse_headers(pkt: &[u8], pkt_len: usize) -> Result<Self, ParseError> {
         let first = *pkt.first().ok_or(ParseError::Truncated)?;
         if first >> 4 != 4 {
             return Err(ParseError::NotIpv4);
@@ -119,7 +127,7 @@ impl Ipv4Header {
             return Err(ParseError::Truncated);
         }
         let total_len = be16(pkt, 2)? as usize;
-        if total_len < header_len || total_len > pkt.len() {
+        if total_len < header_len || total_len > pkt_len.max(pkt.len()) {
             return Err(ParseError::BadTotalLength);
         }
         let frag = be16(pkt, 6)?;
@@ -227,14 +235,28 @@ impl Ipv4Tcp {
     /// Parse `pkt` (starting at the IPv4 header). Bytes beyond the IP total length
     /// (link-layer padding) are ignored.
     pub fn parse(pkt: &[u8]) -> Result<Self, ParseError> {
-        let ip = Ipv4Header::parse(pkt)?;
+        Self::parse_headers(pkt, pkt.len())
+    }
+
+    /// Parse the headers of a packet of `pkt_len` bytes whose contiguous first part is
+    /// `head`. Both headers, options included, must lie in `head`; the payload need not.
+    pub fn parse_headers(head: &[u8], pkt_len: usize) -> Result<Self, ParseError> {
+        let ip = Ipv4Header::parse_headers(head, pkt_len)?;
         if ip.protocol != IPPROTO_TCP {
             return Err(ParseError::NotTcp);
         }
         if ip.is_fragment() {
             return Err(ParseError::Fragment);
         }
-        let tcp = TcpHeader::parse(&pkt[ip.header_len..ip.total_len])?;
+        let seg_len = ip.total_len - ip.header_len;
+        let tcp_head = &head[ip.header_len..head.len().min(ip.total_len)];
+        if seg_len < TCP_MIN_HLEN {
+            return Err(ParseError::Truncated);
+        }
+        let tcp = TcpHeader::parse(tcp_head)?;
+        if tcp.header_len > seg_len {
+            return Err(ParseError::BadDataOffset);
+        }
         Ok(Ipv4Tcp { ip, tcp })
     }
 
@@ -433,8 +455,15 @@ pub struct Rewriter<'a> {
 impl<'a> Rewriter<'a> {
     /// Validate `pkt` and wrap it for rewriting.
     pub fn new(pkt: &'a mut [u8], mode: CsumMode) -> Result<Self, ParseError> {
-        let parsed = Ipv4Tcp::parse(pkt)?;
-        Ok(Rewriter { pkt, parsed, mode })
+        let len = pkt.len();
+        Self::new_headers(pkt, len, mode)
+    }
+
+    /// Like [`Rewriter::new`] for a packet of `pkt_len` bytes of which `head` is the
+    /// contiguous first part holding both headers. Only header fields are rewritten.
+    pub fn new_headers(head: &'a mut [u8], pkt_len: usize, mode: CsumMode) -> Result<Self, ParseError> {
+        let parsed = Ipv4Tcp::parse_headers(head, pkt_len)?;
+        Ok(Rewriter { pkt: head, parsed, mode })
     }
 
     /// The headers as parsed before any rewrite.
@@ -745,6 +774,20 @@ mod tests {
         assert_eq!(Ipv4Tcp::parse(&b[..n]), Err(ParseError::BadDataOffset));
         assert_eq!(Ipv4Tcp::parse(&buf[..10]), Err(ParseError::Truncated));
         assert_eq!(Ipv4Tcp::parse(&[]), Err(ParseError::Truncated));
+    }
+
+    #[test]
+    fn headers_only_parse_checks_total_against_packet_length() {
+        let mut buf = [0u8; 200];
+        let n = build_ipv4_tcp(&mut buf, &spec(&[], &[7u8; 100])).unwrap();
+        // 40 bytes of headers in the head, 100 payload bytes elsewhere.
+        let p = Ipv4Tcp::parse_headers(&buf[..40], n).unwrap();
+        assert_eq!(p.payload_len(), 100);
+        assert_eq!(Ipv4Tcp::parse_headers(&buf[..40], n - 1), Err(ParseError::BadTotalLength));
+        assert_eq!(Ipv4Tcp::parse_headers(&buf[..30], n), Err(ParseError::Truncated));
+        let mut r = Rewriter::new_headers(&mut buf[..40], n, CsumMode::Full).unwrap();
+        r.set_seq(Seq(5));
+        assert!(verifies(&buf[..n]));
     }
 
     #[test]

@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Borrowed socket buffers (`struct sk_buff`, include/linux/skbuff.h) as netfilter
+//! hooks see them: the data starts at the IPv4 header.
+
+use super::proto::packet::{CsumMode, Ipv4Header, Ipv4Tcp, ParseError, Rewriter, IPPROTO_TCP};
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use kernel::bindings;
+use kernel::prelude::*;
+
+/// A socket buffer borrowed for the duration of a hook call.
+///
+/// # Invariants
+///
+/// `ptr` points to a valid `sk_buff` that the current context may read and modify
+/// (but not free) for `'a`, and whose `data` points at the IPv4 header.
+pub struct SkBuff<'a> {
+    ptr: NonNull<bindings::sk_buff>,
+    _life: PhantomData<&'a mut bindings::sk_buff>,
+}
+
+impl<'a> SkBuff<'a> {
+    /// Borrow a raw skb.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid, exclusively usable by the caller for `'a` (as in a
+    /// netfilter hook), and its data must start at the IPv4 header.
+    pub unsafe fn from_raw(ptr: *mut bindings::sk_buff) -> Self {
+        SkBuff {
+            // SAFETY: The caller guarantees `ptr` is valid, hence non-null.
+            ptr: unsafe { NonNull::new_unchecked(ptr) },
+            _life: PhantomData,
+        }
+    }
+
+    fn raw(&self) -> *mut bindings::sk_buff {
+        self.ptr.as_ptr()
+    }
+
+    /// Total length of the packet (linear part and fragments).
+    pub fn len(&self) -> usize {
+        // SAFETY: The skb is valid (type invariant); `len` is a plain field.
+        unsafe { (*self.raw()).len as usize }
+    }
+
+    /// True when the buffer holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Length of the linear (contiguous) part.
+    pub fn headlen(&self) -> usize {
+        // SAFETY: The skb is valid (type invariant).
+        unsafe { bindings::skb_headlen(self.raw()) as usize }
+    }
+
+    /// Number of wire segments the buffer stands for: a GSO/GRO buffer carries
+    /// several, every other buffer one.
+    pub fn segments(&self) -> u32 {
+        // SAFETY: The skb is valid (type invariant); both helpers only read it.
+        unsafe {
+            if bindings::skb_is_gso(self.raw()) {
+                let shinfo_segs = bindings::lz_skb_gso_segs(self.raw());
+                u32::from(shinfo_segs).max(1)
+            } else {
+                1
+            }
+        }
+    }
+
+    /// How the TCP checksum field must be updated when headers change.
+    pub fn csum_mode(&self) -> CsumMode {
+        // SAFETY: The skb is valid (type invariant).
+        let summed = unsafe { bindings::lz_skb_ip_summed(self.raw()) } as u32;
+        if summed == bindings::CHECKSUM_PARTIAL {
+            CsumMode::Partial
+        } else {
+            CsumMode::Full
+        }
+    }
+
+    /// Make the first `len` bytes contiguous (pulling from fragments if needed).
+    /// Fails when the packet is shorter or memory is short; may reallocate the head,
+    /// so slices taken earlier must not be kept (the borrow checker enforces this).
+    pub fn pull(&mut self, len: usize) -> Result {
+        let len = u32::try_from(len).map_err(|_| EINVAL)?;
+        // SAFETY: The skb is valid and ours to modify (type invariant);
+        // `pskb_may_pull` uses atomic allocation, allowed in any context.
+        if unsafe { bindings::pskb_may_pull(self.raw(), len) } {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+
+    /// The contiguous bytes from the IPv4 header to the end of the linear part.
+    pub fn head(&self) -> &[u8] {
+        // SAFETY: The skb is valid; `data` points at the IPv4 header (type invariant)
+        // and `skb_headlen` bytes from there are readable.
+        unsafe { core::slice::from_raw_parts((*self.raw()).data, self.headlen()) }
+    }
+
+    /// Mutable access to the first `len` bytes, after making them contiguous and
+    /// private to this skb (unsharing a cloned head).
+    pub fn head_mut(&mut self, len: usize) -> Result<&mut [u8]> {
+        let l = i32::try_from(len).map_err(|_| EINVAL)?;
+        // SAFETY: The skb is valid and ours (type invariant); `skb_ensure_writable`
+        // pulls and unclones with atomic allocation.
+        kernel::error::to_result(unsafe { bindings::skb_ensure_writable(self.raw(), l as u32) })?;
+        // SAFETY: After `skb_ensure_writable(len)`, `len` bytes from `data` are linear
+        // and writable by us alone; `&mut self` prevents aliasing views.
+        Ok(unsafe { core::slice::from_raw_parts_mut((*self.raw()).data, len) })
+    }
+
+    /// Parse the IPv4 and TCP headers, pulling them into the linear part first.
+    /// Payload bytes may stay in fragments.
+    pub fn ipv4_tcp(&mut self) -> core::result::Result<Ipv4Tcp, ParseError> {
+        self.pull(20).map_err(|_| ParseError::Truncated)?;
+        // Validate the IP header before trusting its IHL and protocol.
+        let ip = Ipv4Header::parse_headers(self.head(), self.len())?;
+        if ip.protocol != IPPROTO_TCP {
+            return Err(ParseError::NotTcp);
+        }
+        let ihl = ip.header_len;
+        // The data offset is validated by the parser; here it only bounds how much to
+        // pull, and a bogus value fails the pull or the parse.
+        self.pull(ihl + 20).map_err(|_| ParseError::Truncated)?;
+        let doff = ((self.head()[ihl + 12] >> 4) as usize) * 4;
+        self.pull(ihl + doff).map_err(|_| ParseError::Truncated)?;
+        Ipv4Tcp::parse_headers(self.head(), self.len())
+    }
+
+    /// A rewriter over the IPv4/TCP headers, made writable first.
+    pub fn rewriter(&mut self) -> core::result::Result<Rewriter<'_>, ParseError> {
+        let p = self.ipv4_tcp()?;
+        let mode = self.csum_mode();
+        let pkt_len = self.len();
+        let head = self.head_mut(p.payload_offset()).map_err(|_| ParseError::NoRoom)?;
+        Rewriter::new_headers(head, pkt_len, mode)
+    }
+
+    /// Copy `dst.len()` bytes starting at `offset` (from the IPv4 header) out of the
+    /// packet, wherever they are stored.
+    pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Result {
+        let off = i32::try_from(offset).map_err(|_| EINVAL)?;
+        let len = i32::try_from(dst.len()).map_err(|_| EINVAL)?;
+        // SAFETY: The skb is valid (type invariant); `skb_copy_bits` bounds-checks
+        // against the packet length and writes at most `len` bytes into `dst`.
+        kernel::error::to_result(unsafe {
+            bindings::skb_copy_bits(self.raw(), off, dst.as_mut_ptr().cast(), len)
+        })
+    }
+}

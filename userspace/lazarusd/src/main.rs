@@ -1,0 +1,141 @@
+//! `lazarusd`: applies the node configuration to the Lazarus modules and watches peers.
+//!
+//! It reconciles the module with the file (ports added and removed until they match,
+//! counting switched on or off), re-reads the file on SIGHUP, and probes each peer's
+//! channel on its interval, logging changes between reachable and unreachable.
+
+mod config;
+
+use clap::Parser;
+use config::Config;
+use lznl::Client;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::flag;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "lazarusd", version, about = "Lazarus node daemon")]
+struct Args {
+    /// Configuration file.
+    #[arg(short, long, default_value = "/etc/lazarus/lazarus.toml")]
+    config: PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Apply the configuration once and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("lazarusd: {}", msg.as_ref());
+}
+
+/// Make the module's state match `cfg`.
+fn apply(client: &Client, cfg: &Config) -> Result<(), lznl::Error> {
+    let current = client.port_list()?;
+    for s in &current {
+        if !cfg.ports.contains(s.port) {
+            client.port_del(s.port)?;
+            log(format!("port {} removed", s.port));
+        }
+    }
+    for &p in cfg.ports.as_slice() {
+        if !current.iter().any(|s| s.port == p) {
+            client.port_add(p)?;
+            log(format!("port {p} added"));
+        }
+    }
+    client.set_enabled(cfg.enabled)?;
+    Ok(())
+}
+
+struct PeerState {
+    next: Instant,
+    up: Option<bool>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            log(e);
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        log(format!("{}: ok", args.config.display()));
+        return ExitCode::SUCCESS;
+    }
+    let client = match Client::connect() {
+        Ok(c) => c,
+        Err(e) => {
+            log(e.to_string());
+            return ExitCode::from(3);
+        }
+    };
+    if let Err(e) = apply(&client, &cfg) {
+        log(format!("applying {}: {e}", args.config.display()));
+        return ExitCode::from(1);
+    }
+    log(format!("configuration applied: {} port(s), {} peer(s)", cfg.ports.len(), cfg.peers.len()));
+    if args.once {
+        return ExitCode::SUCCESS;
+    }
+
+    let hup = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let registered = flag::register(SIGHUP, hup.clone())
+        .and_then(|_| flag::register(SIGTERM, stop.clone()))
+        .and_then(|_| flag::register(SIGINT, stop.clone()));
+    if let Err(e) = registered {
+        log(format!("signal handlers: {e}"));
+        return ExitCode::from(3);
+    }
+    let mut peers: Vec<PeerState> = cfg.peers.iter().map(|_| PeerState { next: Instant::now(), up: None }).collect();
+    while !stop.load(Ordering::Relaxed) {
+        if hup.swap(false, Ordering::Relaxed) {
+            // A bad file keeps the running configuration: never apply half of one.
+            match config::load(&args.config) {
+                Ok(new) => match apply(&client, &new) {
+                    Ok(()) => {
+                        log("configuration re-applied");
+                        peers = new.peers.iter().map(|_| PeerState { next: Instant::now(), up: None }).collect();
+                        cfg = new;
+                    }
+                    Err(e) => log(format!("re-applying: {e}")),
+                },
+                Err(e) => log(format!("keeping the running configuration: {e}")),
+            }
+        }
+        let now = Instant::now();
+        for (p, st) in cfg.peers.iter().zip(peers.iter_mut()) {
+            if now < st.next {
+                continue;
+            }
+            st.next = now + Duration::from_millis(p.interval_ms);
+            let timeout = p.interval_ms.clamp(1, 10_000) as u32;
+            let up = match client.probe(p.addr, p.port, p.tcp, timeout) {
+                Ok(_) => true,
+                Err(e) => {
+                    if st.up != Some(false) {
+                        log(format!("peer {} ({}): {e}", p.name, p.addr));
+                    }
+                    false
+                }
+            };
+            if st.up != Some(up) {
+                log(format!("peer {} ({}) is {}", p.name, p.addr, if up { "reachable" } else { "unreachable" }));
+                st.up = Some(up);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    log("stopping");
+    ExitCode::SUCCESS
+}
