@@ -4,6 +4,7 @@
 //! Each transport has one kernel thread blocked in `recv`/`accept` with a one-second
 //! timeout; unloading shuts the sockets down, which wakes the threads at once.
 
+use super::lzk::errno::{EPROTO, ETIMEDOUT};
 use super::lzk::kthread::{self, Thread, ThreadBody};
 use super::lzk::net::{Ipv4Addr, Net};
 use super::lzk::proto::channel::{Probe, ProbeKind, DEFAULT_PORT, PROBE_LEN};
@@ -142,7 +143,7 @@ pub(crate) fn probe(net: &Net, addr: Ipv4Addr, port: u16, via: u8, timeout_ms: u
         s.recv_exact(&mut frame)?;
         match Probe::decode(&frame) {
             Ok(p) if p.kind == ProbeKind::Reply && p.nonce == nonce => {}
-            _ => return Err(EPROTO),
+            _ => return Err(EPROTO()),
         }
     } else {
         let s = Socket::new(net, Kind::Udp)?;
@@ -153,7 +154,7 @@ pub(crate) fn probe(net: &Net, addr: Ipv4Addr, port: u16, via: u8, timeout_ms: u
         loop {
             let left = deadline - now_ns();
             if left <= 0 {
-                return Err(ETIMEDOUT);
+                return Err(ETIMEDOUT());
             }
             s.set_timeouts((left / 1_000_000).max(1) as u32, timeout_ms);
             let (n, _) = s.recv(&mut buf)?;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The `lazarus_core` netlink family and the `net.lazarus.core.*` sysctls.
 
+use super::lzk::errno::{EOPNOTSUPP, ETIMEDOUT};
 use super::lzk::genl::{self, Dump, FamilySpec, Message, Request};
 use super::lzk::net::{Ipv4Addr, Net};
 use super::lzk::proto::genl_core::{self as spec, cmd, core_attr as a, event, port_stats_attr as ps};
@@ -105,7 +106,7 @@ impl genl::Family for Control {
                 let transport = req.u8(a::TRANSPORT).unwrap_or(spec::transport::UDP);
                 let timeout = req.u32(a::TIMEOUT_MS).unwrap_or(1000);
                 let rtt = channel::probe(req.net(), Ipv4Addr::from_be_u32(addr), port, transport, timeout).map_err(|e| {
-                    req.set_message(if e == ETIMEDOUT || e == EAGAIN {
+                    req.set_message(if e == ETIMEDOUT() || e == EAGAIN {
                         c"no answer from the peer's channel before the timeout"
                     } else {
                         c"could not reach the peer's channel"
@@ -114,13 +115,13 @@ impl genl::Family for Control {
                 })?;
                 req.reply(c, |m| m.put_u32(a::RTT_US, rtt))
             }
-            _ => Err(EOPNOTSUPP),
+            _ => Err(EOPNOTSUPP()),
         }
     }
 
     fn dumpit(&self, c: u8, dump: &mut Dump<'_>) -> Result {
         if c != cmd::PORT_GET {
-            return Err(EOPNOTSUPP);
+            return Err(EOPNOTSUPP());
         }
         // Dump configured ports in ascending order; the cursor is the next index.
         let ports = *self.core.config.lock();
@@ -156,14 +157,14 @@ struct StatsLogJob(Arc<Core>);
 impl SysctlValues {
     pub(crate) fn new(core: Arc<Core>) -> Result<KBox<Self>> {
         let work = DelayedWork::new(StatsLogJob(core.clone()))?;
-        KBox::new(
+        Ok(KBox::new(
             SysctlValues {
                 enabled: Enabled(core.clone()),
                 ports: Ports(core.clone()),
                 stats_log: StatsLog { core, work },
             },
             GFP_KERNEL,
-        )
+        )?)
     }
 
     /// Register the table; `self` must outlive it (the module drops the table first).

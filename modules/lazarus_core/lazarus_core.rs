@@ -14,6 +14,9 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::{new_mutex, pin_init};
 
+// The shared library: each module uses part of it, and its `pub` items are for
+// the modules, not for export.
+#[allow(dead_code, unreachable_pub)]
 #[path = "../../rust/lzk/mod.rs"]
 mod lzk;
 
@@ -42,7 +45,6 @@ pub(crate) const VERSION: &core::ffi::CStr = c"0.1.0";
 /// `port` is 0 for a free slot. A slot's counters are only zeroed while its port is 0
 /// and no hook can still hold it (after `synchronize_net`), so counts never leak from
 /// a removed port into the next port that reuses the slot.
-#[derive(Default)]
 pub(crate) struct PortSlot {
     pub(crate) port: AtomicU32,
     pub(crate) packets_in: AtomicU64,
@@ -52,6 +54,16 @@ pub(crate) struct PortSlot {
 }
 
 impl PortSlot {
+    const fn new() -> Self {
+        PortSlot {
+            port: AtomicU32::new(0),
+            packets_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            packets_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
     fn zero(&self) {
         for c in [&self.packets_in, &self.bytes_in, &self.packets_out, &self.bytes_out] {
             c.store(0, Ordering::Relaxed);
@@ -84,7 +96,7 @@ pub(crate) enum ConfigError {
 impl Core {
     fn new() -> impl PinInit<Self> {
         pin_init!(Core {
-            slots: Default::default(),
+            slots: [const { PortSlot::new() }; MAX_PORTS],
             enabled: AtomicBool::new(true),
             probes_answered: AtomicU64::new(0),
             stats_log_ms: AtomicI32::new(0),

@@ -8,6 +8,7 @@
 //! and the policy rejects malformed attributes (strict validation: unknown attributes,
 //! wrong lengths and out-of-range values) with an extended-ack message.
 
+use super::errno::{EMSGSIZE, EOPNOTSUPP};
 use super::net::Net;
 use super::proto::genl::{AttrKind, AttrPolicy, OpSpec};
 use core::ffi::{c_int, c_void, CStr};
@@ -20,6 +21,10 @@ use kernel::prelude::*;
 const MAX_OPS: usize = 24;
 const MAX_ATTRS: usize = 48;
 const MAX_GROUPS: usize = 4;
+/// Size of a reply message buffer; every reply of ours is far smaller.
+const REPLY_SIZE: usize = 2048;
+/// Length of a netlink attribute header (`NLA_HDRLEN`, a macro in C).
+const NLA_HDRLEN: usize = 4;
 
 /// Static description of a family, from the generated `genl_<family>.rs`.
 pub struct FamilySpec {
@@ -47,7 +52,7 @@ pub trait Family: Send + Sync + 'static {
     /// Fill one part of a dump. Called repeatedly until it adds nothing new; keep the
     /// position in [`Dump::cursor`].
     fn dumpit(&self, _cmd: u8, _dump: &mut Dump<'_>) -> Result {
-        Err(EOPNOTSUPP)
+        Err(EOPNOTSUPP())
     }
 }
 
@@ -155,7 +160,7 @@ impl<T: Family> Registration<T> {
         }
         let f = &mut i.family;
         for (d, s) in f.name.iter_mut().zip(spec.name) {
-            *d = *s as core::ffi::c_char;
+            *d = *s;
         }
         f.version = spec.version as u32;
         f.maxattr = spec.maxattr as u32;
@@ -181,7 +186,7 @@ impl<T: Family> Registration<T> {
     /// Send a notification to multicast group `group` (its index in the spec) of
     /// namespace `net`. Having no listeners is not an error.
     pub fn notify(&self, net: &Net, group: u32, cmd: u8, fill: impl FnOnce(&mut Message) -> Result) -> Result {
-        let mut msg = Message::new(GFP_KERNEL)?;
+        let mut msg = Message::new()?;
         msg.start(&self.inner.family, 0, 0, 0, cmd)?;
         fill(&mut msg)?;
         let skb = msg.finish();
@@ -197,12 +202,12 @@ impl<T: Family> Registration<T> {
     }
 }
 
-fn copy_name(dst: &mut [core::ffi::c_char], src: &[u8]) -> Result {
+fn copy_name(dst: &mut [kernel::ffi::c_char], src: &[u8]) -> Result {
     if src.len() >= dst.len() {
         return Err(EINVAL);
     }
     for (d, s) in dst.iter_mut().zip(src) {
-        *d = *s as core::ffi::c_char;
+        *d = *s;
     }
     Ok(())
 }
@@ -227,9 +232,9 @@ pub struct Message {
 }
 
 impl Message {
-    fn new(flags: kernel::alloc::Flags) -> Result<Self> {
-        // SAFETY: Allocates a fresh skb; `NLMSG_GOODSIZE`-sized.
-        let skb = unsafe { bindings::genlmsg_new(bindings::NLMSG_GOODSIZE as usize, flags.as_raw()) };
+    fn new() -> Result<Self> {
+        // SAFETY: Allocates a fresh skb of `REPLY_SIZE` payload bytes.
+        let skb = unsafe { bindings::genlmsg_new(REPLY_SIZE, bindings::GFP_KERNEL) };
         if skb.is_null() {
             return Err(ENOMEM);
         }
@@ -240,7 +245,7 @@ impl Message {
         // SAFETY: `skb` is ours (type invariant); `family` is registered.
         let hdr = unsafe { bindings::genlmsg_put(self.skb, portid, seq, family, flags, cmd) };
         if hdr.is_null() {
-            return Err(EMSGSIZE);
+            return Err(EMSGSIZE());
         }
         self.hdr = hdr;
         Ok(())
@@ -290,7 +295,7 @@ impl Message {
         // SAFETY: `skb` is ours; returns null when there is no room.
         let start = unsafe { bindings::nla_nest_start(self.skb, attr as c_int) };
         if start.is_null() {
-            return Err(EMSGSIZE);
+            return Err(EMSGSIZE());
         }
         match fill(self) {
             Ok(()) => {
@@ -343,8 +348,8 @@ impl<'a> Request<'a> {
         // SAFETY: `a` is a validated attribute: its header is readable and `nla_len`
         // bytes from it lie inside the message.
         unsafe {
-            let len = ((*a).nla_len as usize).checked_sub(bindings::NLA_HDRLEN as usize)?;
-            Some(core::slice::from_raw_parts((a as *const u8).add(bindings::NLA_HDRLEN as usize), len))
+            let len = ((*a).nla_len as usize).checked_sub(NLA_HDRLEN)?;
+            Some(core::slice::from_raw_parts((a as *const u8).add(NLA_HDRLEN), len))
         }
     }
 
@@ -378,7 +383,7 @@ impl<'a> Request<'a> {
     /// Attach an extended-ack message to the reply (shown by `lzctl`).
     pub fn set_message(&self, msg: &'static CStr) {
         // SAFETY: `info` is valid (type invariant); `msg` is static, as extack requires.
-        unsafe { bindings::lz_genl_set_err_msg(self.info as *const _ as *mut _, msg.as_ptr()) };
+        unsafe { bindings::lz_genl_set_err_msg(self.info as *const _ as *mut _, msg.as_ptr().cast()) };
     }
 
     /// The request's network namespace.
@@ -392,7 +397,7 @@ impl<'a> Request<'a> {
     /// the request's namespace. Best effort: having no listeners, or a listener whose
     /// socket is full, does not fail the request, whose change is already made.
     pub fn notify_group(&self, group: u32, cmd: u8, fill: impl FnOnce(&mut Message) -> Result) -> Result {
-        let mut msg = Message::new(GFP_KERNEL)?;
+        let mut msg = Message::new()?;
         msg.start(self.info.family, 0, 0, 0, cmd)?;
         fill(&mut msg)?;
         let skb = msg.finish();
@@ -406,7 +411,7 @@ impl<'a> Request<'a> {
 
     /// Build and send a reply: `fill` adds the attributes.
     pub fn reply(&self, cmd: u8, fill: impl FnOnce(&mut Message) -> Result) -> Result {
-        let mut msg = Message::new(GFP_KERNEL)?;
+        let mut msg = Message::new()?;
         msg.start(self.info.family, self.info.snd_portid, self.info.snd_seq, 0, cmd)?;
         fill(&mut msg)?;
         let skb = msg.finish();
@@ -438,7 +443,7 @@ impl Dump<'_> {
     /// Save the position for the next call.
     pub fn set_cursor(&mut self, v: usize) {
         // SAFETY: As in `cursor`; writing an integer to the union is always valid.
-        unsafe { self.cb.__bindgen_anon_1.args[0] = v as core::ffi::c_long };
+        unsafe { self.cb.__bindgen_anon_1.args[0] = v as kernel::ffi::c_long };
     }
 
     /// Append one message filled by `fill`. Returns `Ok(false)` when the skb is full
@@ -468,7 +473,7 @@ impl Dump<'_> {
                 unsafe { bindings::genlmsg_end(self.skb, hdr) };
                 Ok(true)
             }
-            Err(e) if e == EMSGSIZE => {
+            Err(e) if e == EMSGSIZE() => {
                 // SAFETY: As above; trims the partial message.
                 unsafe { bindings::genlmsg_cancel(self.skb, hdr) };
                 Ok(false)

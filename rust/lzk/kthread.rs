@@ -53,7 +53,7 @@ impl<T: ThreadBody> Thread<T> {
         // SAFETY: `name` is a static NUL-terminated string used as a plain "%s"-free
         // format; `arg` points to the boxed body, which outlives the thread (see Drop).
         let task = unsafe {
-            bindings::kthread_create_on_node(Some(trampoline::<T>), arg, bindings::NUMA_NO_NODE, c"%s".as_ptr(), name.as_ptr())
+            bindings::kthread_create_on_node(Some(trampoline::<T>), arg, bindings::NUMA_NO_NODE, c"%s".as_ptr().cast(), name.as_ptr())
         };
         // SAFETY: `task` is either a valid task or an error pointer.
         if unsafe { kernel::bindings::IS_ERR(task as *const c_void) } {

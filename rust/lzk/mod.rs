@@ -13,6 +13,7 @@
 #[path = "../proto/src/lib.rs"]
 pub mod proto;
 
+pub mod errno;
 pub mod genl;
 pub mod kthread;
 pub mod net;

@@ -2,6 +2,7 @@
 //! Kernel-side IPv4 UDP and TCP sockets (include/linux/net.h) for node-to-node
 //! channels. All calls block and so need process context.
 
+use super::errno::ECONNRESET;
 use super::net::{Ipv4Addr, Net};
 use core::ffi::{c_int, c_void};
 use kernel::bindings;
@@ -81,9 +82,9 @@ impl Socket {
 
     /// Bound how long receives and sends block (0: forever).
     pub fn set_timeouts(&self, recv_ms: u32, send_ms: u32) {
-        let j = |ms: u32| if ms == 0 { c_long_max() } else {
+        let j = |ms: u32| if ms == 0 { kernel::ffi::c_long::MAX } else {
             // SAFETY: Pure conversion.
-            unsafe { bindings::msecs_to_jiffies(ms) as core::ffi::c_long }
+            unsafe { bindings::msecs_to_jiffies(ms) as kernel::ffi::c_long }
         };
         // SAFETY: The socket is valid (type invariant); the helper stores two longs.
         unsafe { bindings::lz_sock_set_timeouts(self.sock, j(recv_ms), j(send_ms)) };
@@ -130,7 +131,7 @@ impl Socket {
             msg.msg_name = sa as *mut _ as *mut c_void;
             msg.msg_namelen = core::mem::size_of::<bindings::sockaddr_in>() as c_int;
         }
-        msg.msg_flags = bindings::MSG_NOSIGNAL as c_int;
+        msg.msg_flags = bindings::MSG_NOSIGNAL;
         let mut iov = bindings::kvec { iov_base: buf.as_ptr() as *mut c_void, iov_len: buf.len() };
         // SAFETY: `msg`, `iov` and the optional address live through the call; the
         // kernel only reads `buf.len()` bytes of `buf`.
@@ -179,7 +180,7 @@ impl Socket {
         let mut got = 0;
         while got < buf.len() {
             match self.recv(&mut buf[got..])? {
-                (0, _) => return Err(ECONNRESET),
+                (0, _) => return Err(ECONNRESET()),
                 (n, _) => got += n,
             }
         }
@@ -192,10 +193,6 @@ impl Socket {
         // marks it and wakes waiters, which is the purpose here.
         unsafe { bindings::kernel_sock_shutdown(self.sock, bindings::sock_shutdown_cmd_SHUT_RDWR) };
     }
-}
-
-fn c_long_max() -> core::ffi::c_long {
-    core::ffi::c_long::MAX
 }
 
 impl Drop for Socket {

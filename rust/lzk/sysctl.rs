@@ -108,7 +108,7 @@ impl Table {
             let (name, value, handler) = match *e {
                 Entry::Int(n, v, h) | Entry::Text(n, v, h) => (n, v, h),
             };
-            t.procname = name.as_ptr();
+            t.procname = name.as_ptr().cast();
             t.mode = 0o644;
             t.proc_handler = handler;
             t.extra1 = value as *mut c_void;
@@ -116,7 +116,7 @@ impl Table {
         }
         // SAFETY: `path` is static; the table is pinned and outlives the registration.
         let header = unsafe {
-            bindings::register_net_sysctl_sz(net.as_ptr(), path.as_ptr(), i.entries.as_mut_ptr(), entries.len())
+            bindings::register_net_sysctl_sz(net.as_ptr(), path.as_ptr().cast(), i.entries.as_mut_ptr(), entries.len())
         };
         if header.is_null() {
             return Err(ENOMEM);

@@ -43,6 +43,8 @@ bool rust_helper_skb_is_gso(const struct sk_buff *skb)
 { return skb_is_gso(skb); }
 unsigned short rust_helper_lz_skb_gso_size(const struct sk_buff *skb)
 { return skb_shinfo(skb)->gso_size; }
+unsigned short rust_helper_lz_skb_gso_segs(const struct sk_buff *skb)
+{ return skb_shinfo(skb)->gso_segs; }
 void rust_helper_kfree_skb(struct sk_buff *skb)
 { kfree_skb(skb); }
 struct sk_buff *rust_helper_alloc_skb(unsigned int size, gfp_t priority)
@@ -116,6 +118,12 @@ bool rust_helper_queue_delayed_work(struct workqueue_struct *wq, struct delayed_
 { return queue_delayed_work(wq, dw, delay); }
 struct workqueue_struct *rust_helper_lz_system_wq(void)
 { return system_wq; }
+
+/* --- network namespaces ---------------------------------------------------- */
+struct net *rust_helper_get_net(struct net *net)
+{ return get_net(net); }
+void rust_helper_put_net(struct net *net)
+{ put_net(net); }
 
 /* --- RCU -------------------------------------------------------------------- */
 void rust_helper_rcu_read_lock(void) { rcu_read_lock(); }

@@ -1,0 +1,233 @@
+"""The VM test bench: guests of our kernel on one Ethernet segment.
+
+A bench owns a network namespace with a bridge (the test segment) and one tap device
+per guest. Guests run under virtme-ng with TCG (KVM hangs on these machines), share the
+host's root filesystem read-only, and take commands through a shared directory (see
+guest-agent.sh), so the control path never crosses the network under test. The host
+side of the namespace is the client network: clients run there with the host's own
+TCP stack.
+
+Everything fails loudly: a guest that does not boot, a command that times out, a
+kernel warning, oops or lockdep report in any guest's log.
+"""
+import hashlib
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBNET = "10.77.0"
+HOST_ADDR = f"{SUBNET}.1"
+
+# Kernel log lines that mean a test must fail, wherever they appear.
+KERNEL_TROUBLE = (
+    "BUG:", "WARNING:", "Oops", "kernel BUG", "general protection fault",
+    "Kernel panic", "possible recursive locking", "possible circular locking",
+    "inconsistent lock state", "suspicious RCU usage", "INFO: task",
+    "sleeping function called from invalid context", "UBSAN", "unreferenced object",
+    "Call Trace", "rust_panic", "panicked at",
+)
+
+
+class BenchError(AssertionError):
+    pass
+
+
+def sh(cmd, check=True, timeout=120, **kw):
+    """Run a host command; raise with its output when it fails."""
+    p = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise BenchError(f"command failed ({p.returncode}): {cmd}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def guest_addr(i):
+    return f"{SUBNET}.{11 + i}"
+
+
+class Guest:
+    def __init__(self, bench, index):
+        self.bench = bench
+        self.index = index
+        self.addr = guest_addr(index)
+        self.tap = f"lzt{index}"
+        self.share = os.path.join(bench.workdir, f"guest{index}")
+        os.makedirs(self.share)
+        self.proc = None
+        self.n = 0
+        self.fenced = False
+        self.log = open(os.path.join(self.share, "vng.log"), "w")
+
+    def start(self, memory="768M", append=()):
+        mac = f"52:54:00:77:00:{11 + self.index:02x}"
+        qemu = (f"-netdev tap,id=lznet,ifname={self.tap},script=no,downscript=no "
+                f"-device virtio-net-pci,netdev=lznet,mac={mac}")
+        cmd = ["ip", "netns", "exec", self.bench.ns, "vng", "--run", self.bench.kdir, "--disable-kvm",
+               "--cpus", "1", "--memory", memory, "--rwdir", self.share, f"--qemu-opts={qemu}"]
+        for a in append:
+            cmd += [f"--append={a}"]
+        cmd += ["--exec", f"{ROOT}/tests/guest-agent.sh {self.share} {self.addr}"]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, cwd="/")
+
+    def wait_ready(self, timeout=180):
+        ready = os.path.join(self.share, "ready")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if os.path.exists(ready):
+                return
+            if self.proc.poll() is not None:
+                raise BenchError(f"guest {self.index} exited during boot (rc {self.proc.returncode}); "
+                                 f"log: {self.read('vng.log')[-3000:]} agent: {self.read('agent.err')}")
+            time.sleep(0.2)
+        raise BenchError(f"guest {self.index} did not boot within {timeout}s; log: {self.read('vng.log')[-3000:]}")
+
+    def read(self, name):
+        try:
+            with open(os.path.join(self.share, name), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def run(self, script, timeout=120, check=True):
+        """Run a bash script in the guest; returns (rc, stdout, stderr)."""
+        if self.fenced:
+            raise BenchError(f"guest {self.index} is fenced")
+        n = self.n
+        self.n += 1
+        tmp = os.path.join(self.share, f".cmd.{n}")
+        with open(tmp, "w") as f:
+            f.write("set -o pipefail\n" + script + "\n")
+        os.rename(tmp, os.path.join(self.share, f"cmd.{n}"))
+        rc_path = os.path.join(self.share, f"rc.{n}")
+        deadline = time.time() + timeout
+        while not os.path.exists(rc_path):
+            if self.proc.poll() is not None:
+                raise BenchError(f"guest {self.index} died while running: {script}\n"
+                                 f"kernel log tail: {self.read('dmesg.log')[-4000:]}")
+            if time.time() > deadline:
+                raise BenchError(f"guest {self.index}: timed out after {timeout}s: {script}")
+            time.sleep(0.05)
+        rc = int(self.read(f"rc.{n}").strip() or "255")
+        out, err = self.read(f"out.{n}"), self.read(f"err.{n}")
+        if check and rc != 0:
+            raise BenchError(f"guest {self.index}: exit {rc}: {script}\nstdout: {out}\nstderr: {err}")
+        return rc, out, err
+
+    def out(self, script, timeout=120):
+        return self.run(script, timeout=timeout)[1]
+
+    def fence(self):
+        """Kill the guest abruptly, like pulling its power: nothing more leaves it."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.fenced = True
+
+    def kernel_trouble(self):
+        log = self.read("dmesg.log")
+        return [l for l in log.splitlines() if any(t in l for t in KERNEL_TROUBLE)]
+
+    def insmod(self, module="lazarus_core"):
+        self.run(f"insmod {self.bench.modules}/{module}/{module}.ko")
+
+
+class Bench:
+    """N guests on one segment. Use as a context manager."""
+
+    def __init__(self, n, name="lzb", hub=False, append=()):
+        self.kdir = os.environ.get("LAZARUS_KDIR") or ""
+        self.modules = os.environ.get("LAZARUS_MODULES") or os.path.join(ROOT, "modules")
+        if not self.kdir or not os.path.exists(os.path.join(self.kdir, "arch/x86/boot/bzImage")):
+            raise BenchError("LAZARUS_KDIR does not point at a built kernel (run the tests through `make test`)")
+        if os.geteuid() != 0:
+            raise BenchError("the VM bench needs root (network namespaces and tap devices)")
+        for tool in ("vng", "qemu-system-x86_64", "ip"):
+            if not shutil.which(tool):
+                raise BenchError(f"{tool} not found (run scripts/setup.sh)")
+        self.n = n
+        self.hub = hub
+        self.append = append
+        self.ns = f"{name}{os.getpid()}"
+        self.workdir = tempfile.mkdtemp(prefix=f"lazarus-{self.ns}-", dir=os.environ.get("LAZARUS_BENCH_DIR"))
+        self.guests = []
+
+    def __enter__(self):
+        try:
+            self._net_up()
+            self.guests = [Guest(self, i) for i in range(self.n)]
+            for g in self.guests:
+                g.start(append=self.append)
+            for g in self.guests:
+                g.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        trouble = self.close()
+        if trouble and exc[0] is None:
+            raise BenchError("kernel trouble in guests:\n" + "\n".join(trouble))
+
+    def _net_up(self):
+        sh(["ip", "netns", "add", self.ns])
+        ns = ["ip", "netns", "exec", self.ns]
+        sh(ns + ["ip", "link", "set", "lo", "up"])
+        sh(ns + ["ip", "link", "add", "br0", "type", "bridge"] + (["ageing_time", "0"] if self.hub else []))
+        sh(ns + ["ip", "addr", "add", f"{HOST_ADDR}/24", "dev", "br0"])
+        sh(ns + ["ip", "link", "set", "br0", "up"])
+        for i in range(self.n):
+            tap = f"lzt{i}"
+            sh(ns + ["ip", "tuntap", "add", "dev", tap, "mode", "tap"])
+            sh(ns + ["ip", "link", "set", tap, "master", "br0", "up"])
+
+    def close(self):
+        """Stop every guest, collect their kernel logs' trouble lines, remove the network."""
+        trouble = []
+        for g in self.guests:
+            if g.proc and g.proc.poll() is None:
+                os.killpg(g.proc.pid, signal.SIGKILL)
+                g.proc.wait(timeout=30)
+            trouble += [f"guest {g.index}: {l}" for l in g.kernel_trouble()]
+            g.log.close()
+        sh(["ip", "netns", "del", self.ns], check=False)
+        if os.environ.get("LAZARUS_KEEP_BENCH") is None and not trouble:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return trouble
+
+    def host(self, cmd, check=True, timeout=120, **kw):
+        """Run a command on the client side of the test network."""
+        argv = ["ip", "netns", "exec", self.ns] + (["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd))
+        return sh(argv, check=check, timeout=timeout, **kw)
+
+    def host_popen(self, cmd, **kw):
+        return subprocess.Popen(["ip", "netns", "exec", self.ns, "bash", "-c", cmd], **kw)
+
+    def netem(self, guest, spec):
+        """Apply a netem qdisc (e.g. "delay 50ms loss 1%") to frames going to `guest`."""
+        self.host(f"tc qdisc replace dev {guest.tap} root netem {spec}")
+
+    def netem_clear(self, guest):
+        self.host(f"tc qdisc del dev {guest.tap} root", check=False)
+
+    def assert_no_kernel_trouble(self):
+        trouble = [f"guest {g.index}: {l}" for g in self.guests for l in g.kernel_trouble()]
+        if trouble:
+            raise BenchError("kernel trouble in guests:\n" + "\n".join(trouble))
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def lzctl_path():
+    return os.path.join(ROOT, "target", "debug", "lzctl")
+
+
+def quote(s):
+    return shlex.quote(s)
