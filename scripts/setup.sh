@@ -12,7 +12,7 @@ APT_PACKAGES=(
   build-essential bc bison flex libelf-dev libssl-dev cpio kmod dwarves
   qemu-system-x86 iproute2 iperf3 tcpdump netcat-openbsd curl socat ethtool
   busybox-static python3-pip python3-venv
-  nginx-light xxd procps psmisc
+  nginx-light xxd procps psmisc iputils-ping
 )
 
 missing=()
@@ -39,10 +39,15 @@ if ! command -v bindgen >/dev/null 2>&1; then
   cargo install bindgen-cli --locked --version 0.73.2
 fi
 
-# virtme-ng from PyPI, in its own venv so the system Python is left alone.
-if [ ! -x "$VENV/bin/vng" ]; then
-  log "pip: installing virtme-ng into $VENV"
+# virtme-ng, pytest and PyYAML from PyPI, in their own venv so the system Python is
+# left alone. Reinstalled when the pinned list changes.
+req="$here/requirements.txt"
+stamp="$VENV/.requirements.sha256"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "pip: installing $(grep -v '^#' "$req" | tr '\n' ' ')into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "virtme-ng==${VNG_VERSION}"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
 fi
 log "setup: ok"

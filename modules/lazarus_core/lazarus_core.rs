@@ -186,7 +186,7 @@ impl HookHandler for Counter {
             _ => return Verdict::Accept,
         };
         if let Some(s) = self.core.slot(port) {
-            let segs = skb.segments() as u64;
+            let segs = skb.segments(p.payload_len()) as u64;
             let bytes = p.payload_len() as u64;
             let (pk, by) = if inbound { (&s.packets_in, &s.bytes_in) } else { (&s.packets_out, &s.bytes_out) };
             pk.fetch_add(segs, Ordering::Relaxed);

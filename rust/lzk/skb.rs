@@ -55,18 +55,22 @@ impl<'a> SkBuff<'a> {
         unsafe { bindings::skb_headlen(self.raw()) as usize }
     }
 
-    /// Number of wire segments the buffer stands for: a GSO/GRO buffer carries
-    /// several, every other buffer one.
-    pub fn segments(&self) -> u32 {
+    /// Number of wire segments a buffer carrying `payload_len` TCP payload bytes stands
+    /// for: a GSO/GRO buffer is cut into `gso_size` pieces on the wire, any other
+    /// buffer is one segment. Computed rather than read from `gso_segs`, which is
+    /// still 0 on GSO buffers received from virtio or tap devices.
+    pub fn segments(&self, payload_len: usize) -> u32 {
         // SAFETY: The skb is valid (type invariant); both helpers only read it.
-        unsafe {
-            if bindings::skb_is_gso(self.raw()) {
-                let shinfo_segs = bindings::lz_skb_gso_segs(self.raw());
-                u32::from(shinfo_segs).max(1)
-            } else {
-                1
+        let gso_size = unsafe {
+            if !bindings::skb_is_gso(self.raw()) {
+                return 1;
             }
+            bindings::lz_skb_gso_size(self.raw()) as usize
+        };
+        if gso_size == 0 {
+            return 1;
         }
+        payload_len.div_ceil(gso_size).max(1) as u32
     }
 
     /// How the TCP checksum field must be updated when headers change.
