@@ -226,7 +226,7 @@ def sha256(data):
 
 
 def lzctl_path():
-    return os.path.join(ROOT, "target", "debug", "lzctl")
+    return os.path.join(ROOT, "target", "release", "lzctl")
 
 
 def quote(s):

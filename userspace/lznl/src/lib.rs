@@ -10,7 +10,8 @@ use neli::consts::nl::NlmF;
 use neli::consts::socket::NlFamily;
 use neli::err::RouterError;
 use neli::genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, NlattrBuilder, NoUserHeader};
-use neli::nl::{NlPayload, Nlmsghdr};
+use neli::nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder};
+use neli::socket::synchronous::NlSocketHandle;
 use neli::router::synchronous::NlRouter;
 use neli::types::{Buffer, GenlBuffer};
 use neli::utils::Groups;
@@ -51,18 +52,26 @@ impl Error {
 
 type Msg = Nlmsghdr<u16, Genlmsghdr<u8, u16, NoUserHeader>>;
 
+/// NLMSG_DONE, the end of a dump.
+const NLMSG_DONE: u16 = 3;
+
+fn kernel_error(code: i32, ext_ack: &GenlBuffer<neli::consts::nl::NlmsgerrAttr, Buffer>) -> Error {
+    if std::env::var_os("LZNL_DEBUG").is_some() {
+        eprintln!("lznl: error {code} ext_ack {ext_ack:?}");
+    }
+    let message = ext_ack.iter().find_map(|attr| {
+        // NLMSGERR_ATTR_MSG: a NUL-terminated string.
+        (*attr.nla_type().nla_type() == neli::consts::nl::NlmsgerrAttr::Msg).then(|| {
+            let b = attr.nla_payload().as_ref();
+            String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or(b)).into_owned()
+        })
+    });
+    Error::Kernel { errno: -code, message }
+}
+
 fn router_error<T: std::fmt::Debug, P: std::fmt::Debug>(e: RouterError<T, P>) -> Error {
     match e {
-        RouterError::Nlmsgerr(err) => {
-            let message = err.ext_ack().iter().find_map(|attr| {
-                // NLMSGERR_ATTR_MSG = 1: a NUL-terminated string.
-                (u16::from(*attr.nla_type().nla_type()) == 1).then(|| {
-                    let b = attr.nla_payload().as_ref();
-                    String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or(b)).into_owned()
-                })
-            });
-            Error::Kernel { errno: -err.error(), message }
-        }
+        RouterError::Nlmsgerr(err) => kernel_error(*err.error(), err.ext_ack()),
         other => Error::Netlink(format!("{other:?}")),
     }
 }
@@ -121,21 +130,27 @@ pub struct Event {
 
 /// A connection to the `lazarus_core` family.
 pub struct Client {
-    router: NlRouter,
+    socket: NlSocketHandle,
     family: u16,
+    seq: std::sync::atomic::AtomicU32,
 }
 
 impl Client {
     /// Connect and resolve the family.
     pub fn connect() -> Result<Self, Error> {
         let (router, _) = NlRouter::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| Error::Netlink(e.to_string()))?;
-        router.enable_ext_ack(true).map_err(|e| Error::Netlink(format!("{e:?}")))?;
         let family = router.resolve_genl_family(spec::FAMILY_NAME).map_err(|_| Error::NoFamily(spec::FAMILY_NAME))?;
-        Ok(Client { router, family })
+        let socket = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| Error::Netlink(e.to_string()))?;
+        socket.enable_ext_ack(true).map_err(|e| Error::Netlink(e.to_string()))?;
+        Ok(Client { socket, family, seq: std::sync::atomic::AtomicU32::new(1) })
     }
 
     /// Send a request with raw attributes; returns the reply messages' attributes.
     /// Used directly by tests that need malformed requests.
+    ///
+    /// Requests go through a plain socket rather than neli's router: the router drops
+    /// the kernel's extended-ack messages when it converts errors, and those messages
+    /// are what tells an operator which attribute was wrong.
     pub fn request(&self, command: u8, attrs: &[RawAttr], dump: bool) -> Result<Vec<Attrs>, Error> {
         let mut buf = GenlBuffer::<u16, Buffer>::new();
         for at in attrs {
@@ -152,23 +167,42 @@ impl Client {
             .attrs(buf)
             .build()
             .map_err(|e| Error::Netlink(e.to_string()))?;
-        let flags = if dump { NlmF::DUMP | NlmF::ACK } else { NlmF::ACK };
-        let recv = self
-            .router
-            .send::<_, _, u16, Genlmsghdr<u8, u16, NoUserHeader>>(self.family, flags, NlPayload::Payload(hdr))
-            .map_err(router_error)?;
+        // Dumps end with NLMSG_DONE; other requests with an ACK (or an error).
+        let flags = if dump { NlmF::REQUEST | NlmF::DUMP } else { NlmF::REQUEST | NlmF::ACK };
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let msg = NlmsghdrBuilder::default()
+            .nl_type(self.family)
+            .nl_flags(flags)
+            .nl_seq(seq)
+            .nl_payload(NlPayload::Payload(hdr))
+            .build()
+            .map_err(|e| Error::Netlink(e.to_string()))?;
+        self.socket.send(&msg).map_err(|e| Error::Netlink(e.to_string()))?;
         let mut out = Vec::new();
-        for m in recv {
-            let m: Msg = m.map_err(router_error)?;
-            if let Some(p) = m.get_payload() {
-                let mut raw = Vec::new();
-                for at in p.attrs().iter() {
-                    raw.push((u16::from(*at.nla_type().nla_type()), at.nla_payload().as_ref().to_vec()));
+        loop {
+            let (msgs, _) = self
+                .socket
+                .recv::<u16, Genlmsghdr<u8, u16, NoUserHeader>>()
+                .map_err(|e| Error::Netlink(e.to_string()))?;
+            for m in msgs {
+                let m: Msg = m.map_err(|e| Error::Netlink(e.to_string()))?;
+                if *m.nl_seq() != seq {
+                    continue;
                 }
-                out.push(Attrs::from_pairs(raw));
+                if *m.nl_type() == NLMSG_DONE {
+                    return Ok(out);
+                }
+                match m.nl_payload() {
+                    NlPayload::Payload(p) => {
+                        let raw = p.attrs().iter().map(|at| (u16::from(*at.nla_type().nla_type()), at.nla_payload().as_ref().to_vec())).collect();
+                        out.push(Attrs::from_pairs(raw));
+                    }
+                    NlPayload::Ack(_) => return Ok(out),
+                    NlPayload::Err(e) => return Err(kernel_error(*e.error(), e.ext_ack())),
+                    _ => {}
+                }
             }
         }
-        Ok(out)
     }
 
     fn one(&self, command: u8, attrs: &[RawAttr]) -> Result<Attrs, Error> {
