@@ -32,13 +32,16 @@ def test_probe_netem_fence_and_daemon():
         assert 0 < r["rtt_us"] < 1_000_000
         assert json.loads(g1.out(f"{LZCTL} -j status"))["probes_answered"] == 2
 
-        # Nothing listens on the host: UDP times out, TCP is refused.
-        rc, _, err = probe(g0, HOST_ADDR, "--timeout-ms", "300")
-        assert rc == 1 and "no answer" in err, err
-        rc, _, err = probe(g0, HOST_ADDR, "--tcp", "--timeout-ms", "300")
-        assert rc == 1 and "refused" in err.lower(), err
+        # Nothing listens on the host: it refuses both (ICMP port unreachable, RST).
+        for extra in ([], ["--tcp"]):
+            rc, _, err = probe(g0, HOST_ADDR, "--timeout-ms", "300", *extra)
+            assert rc == 1 and "refused" in err.lower(), err
+        # Nobody at all at .99: both time out.
+        for extra in ([], ["--tcp"]):
+            rc, _, err = probe(g0, "10.77.0.99", "--timeout-ms", "300", *extra)
+            assert rc == 1 and "no answer" in err and "timed out" in err.lower(), err
 
-        # 150 ms of delay on frames to g1 shows in every round trip.
+        # 150 ms of delay on frames leaving g1 shows in every round trip.
         b.netem(g1, "delay 150ms")
         for extra in ([], ["--tcp"]):
             rc, r, err = probe(g0, g1.addr, "--timeout-ms", "3000", *extra)

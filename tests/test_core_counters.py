@@ -30,9 +30,9 @@ def port_stats(g):
 
 def start_servers(g):
     g.run("head -c %d /dev/urandom > /tmp/blob && sha256sum /tmp/blob | cut -d' ' -f1 > /tmp/blob.sha" % BLOB_BYTES)
-    g.run("setsid socat TCP-LISTEN:8080,reuseaddr,fork EXEC:cat </dev/null >/dev/null 2>&1 &\n"
-          "setsid socat -U TCP-LISTEN:8081,reuseaddr,fork OPEN:/tmp/blob </dev/null >/dev/null 2>&1 &\n"
-          "setsid socat TCP-LISTEN:8082,reuseaddr,fork EXEC:cat </dev/null >/dev/null 2>&1 &\n"
+    g.run("setsid socat -t 30 TCP-LISTEN:8080,reuseaddr,fork EXEC:cat </dev/null >/dev/null 2>&1 &\n"
+          "setsid socat -t 30 -U TCP-LISTEN:8081,reuseaddr,fork OPEN:/tmp/blob </dev/null >/dev/null 2>&1 &\n"
+          "setsid socat -t 30 TCP-LISTEN:8082,reuseaddr,fork EXEC:cat </dev/null >/dev/null 2>&1 &\n"
           "for p in 8080 8081 8082; do for i in $(seq 50); do ss -lnt | grep -q \":$p \" && break; sleep 0.1; done; done")
     return g.out("cat /tmp/blob.sha").strip()
 
@@ -59,6 +59,18 @@ def capture_stop(g):
     return pcap.port_totals(f"{g.share}/cap.pcap", g.addr, (8080, 8081))
 
 
+def measured_exchange(b, g, blob_sha):
+    """Exchange traffic while capturing; returns (counters, capture, MIB before, MIB after)."""
+    settle(g)
+    capture_start(g)
+    before = tcp_mib(g)
+    exchange(b, g, blob_sha)
+    settle(g)
+    after = tcp_mib(g)
+    st = port_stats(g)
+    return st, capture_stop(g), before, after
+
+
 def settle(g):
     # Let FIN/ACK exchanges and TIME_WAIT ACKs finish before reading counters.
     g.run("for i in $(seq 50); do ss -tn state established '( sport = :8080 or sport = :8081 )' | grep -q . || break; sleep 0.1; done; sleep 0.5")
@@ -76,14 +88,7 @@ def test_counters_exact_without_offloads():
         g.insmod()
         blob_sha = start_servers(g)
         g.run(f"{LZCTL} port add 8080 8081")
-        settle(g)
-        capture_start(g)
-        before = tcp_mib(g)
-        exchange(b, g, blob_sha)
-        settle(g)
-        after = tcp_mib(g)
-        st = port_stats(g)
-        cap = capture_stop(g)
+        st, cap, before, after = measured_exchange(b, g, blob_sha)
         assert set(st) == {8080, 8081}
         for port in (8080, 8081):
             assert {k: v for k, v in st[port].items() if k != "port"} == cap[port], (port, st, cap)
@@ -120,14 +125,7 @@ def test_counters_with_offloads_count_wire_segments():
         g.insmod()
         blob_sha = start_servers(g)
         g.run(f"{LZCTL} port add 8080 8081")
-        settle(g)
-        capture_start(g)
-        before = tcp_mib(g)
-        exchange(b, g, blob_sha)
-        settle(g)
-        after = tcp_mib(g)
-        st = port_stats(g)
-        cap = capture_stop(g)
+        st, cap, before, after = measured_exchange(b, g, blob_sha)
         # With offloads the capture sees merged buffers, so only bytes compare 1:1.
         for port in (8080, 8081):
             for k in ("bytes_in", "bytes_out"):

@@ -15,7 +15,7 @@ def test_load_unload_under_traffic():
     with Bench(1, append=("kmemleak=on",)) as b:
         g = b.guests[0]
         ko = f"{b.modules}/lazarus_core/lazarus_core.ko"
-        g.run("setsid socat TCP-LISTEN:8080,reuseaddr,fork EXEC:cat </dev/null >/dev/null 2>&1 &\n"
+        g.run("setsid socat -t 30 TCP-LISTEN:8080,reuseaddr,fork EXEC:cat </dev/null >/dev/null 2>&1 &\n"
               "for i in $(seq 50); do ss -lnt | grep -q ':8080 ' && break; sleep 0.1; done")
         # Baseline: whatever the boot itself left is marked as seen.
         g.run("echo scan > /sys/kernel/debug/kmemleak; echo clear > /sys/kernel/debug/kmemleak", timeout=300)

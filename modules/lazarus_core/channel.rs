@@ -4,7 +4,7 @@
 //! Each transport has one kernel thread blocked in `recv`/`accept` with a one-second
 //! timeout; unloading shuts the sockets down, which wakes the threads at once.
 
-use super::lzk::errno::{EPROTO, ETIMEDOUT};
+use super::lzk::errno::{EINPROGRESS, EPROTO, ETIMEDOUT};
 use super::lzk::kthread::{self, Thread, ThreadBody};
 use super::lzk::net::{Ipv4Addr, Net};
 use super::lzk::proto::channel::{Probe, ProbeKind, DEFAULT_PORT, PROBE_LEN};
@@ -136,7 +136,9 @@ pub(crate) fn probe(net: &Net, addr: Ipv4Addr, port: u16, via: u8, timeout_ms: u
     if via == transport::TCP {
         let s = Socket::new(net, Kind::Tcp)?;
         s.set_timeouts(timeout_ms, timeout_ms);
-        s.connect(to)?;
+        // A connect that runs out of time reports EINPROGRESS; to the caller it is
+        // a timeout.
+        s.connect(to).map_err(|e| if e == EINPROGRESS() { ETIMEDOUT() } else { e })?;
         start = now_ns();
         s.send_all(&req)?;
         let mut frame = [0u8; PROBE_LEN];
@@ -157,7 +159,8 @@ pub(crate) fn probe(net: &Net, addr: Ipv4Addr, port: u16, via: u8, timeout_ms: u
                 return Err(ETIMEDOUT());
             }
             s.set_timeouts((left / 1_000_000).max(1) as u32, timeout_ms);
-            let (n, _) = s.recv(&mut buf)?;
+            // The receive timeout surfaces as EAGAIN; to the caller it is a timeout.
+            let (n, _) = s.recv(&mut buf).map_err(|e| if e == EAGAIN { ETIMEDOUT() } else { e })?;
             // Stale or foreign datagrams are skipped, not trusted.
             if let Ok(p) = Probe::decode(&buf[..n]) {
                 if p.kind == ProbeKind::Reply && p.nonce == nonce {

@@ -8,7 +8,7 @@
 //! and the policy rejects malformed attributes (strict validation: unknown attributes,
 //! wrong lengths and out-of-range values) with an extended-ack message.
 
-use super::errno::{EMSGSIZE, EOPNOTSUPP};
+use super::errno::{ECANCELED, EMSGSIZE, EOPNOTSUPP};
 use super::net::Net;
 use super::proto::genl::{AttrKind, AttrPolicy, OpSpec};
 use core::ffi::{c_int, c_void, CStr};
@@ -184,22 +184,31 @@ impl<T: Family> Registration<T> {
     }
 
     /// Send a notification to multicast group `group` (its index in the spec) of
-    /// namespace `net`. Having no listeners is not an error.
+    /// namespace `net`. Best effort, see [`multicast`].
     pub fn notify(&self, net: &Net, group: u32, cmd: u8, fill: impl FnOnce(&mut Message) -> Result) -> Result {
-        let mut msg = Message::new()?;
-        msg.start(&self.inner.family, 0, 0, 0, cmd)?;
-        fill(&mut msg)?;
-        let skb = msg.finish();
-        // SAFETY: `skb` is a complete message we own; the call consumes it. The family
-        // is registered (type invariant) and `net` is live.
-        let ret = unsafe {
-            bindings::genlmsg_multicast_netns(&self.inner.family, net.as_ptr(), skb, 0, group, bindings::GFP_KERNEL)
-        };
-        match ret {
-            r if r == -(bindings::ESRCH as c_int) => Ok(()),
-            r => to_result(r),
-        }
+        multicast(&self.inner.family, net, group, cmd, fill)
     }
+}
+
+/// Build a notification with `fill` and multicast it to `group` of `family` in `net`.
+/// Best effort: having no listeners, or a listener whose socket is full, is not an
+/// error, because the change being reported has already been made.
+fn multicast(
+    family: *const bindings::genl_family,
+    net: &Net,
+    group: u32,
+    cmd: u8,
+    fill: impl FnOnce(&mut Message) -> Result,
+) -> Result {
+    let mut msg = Message::new()?;
+    msg.start(family, 0, 0, 0, cmd)?;
+    fill(&mut msg)?;
+    let skb = msg.finish();
+    // SAFETY: `skb` is a complete message we own; the call consumes it. `family` is a
+    // registered family (callers hold its registration or run inside its handlers)
+    // and `net` is live.
+    let _ = unsafe { bindings::genlmsg_multicast_netns(family, net.as_ptr(), skb, 0, group, bindings::GFP_KERNEL) };
+    Ok(())
 }
 
 fn copy_name(dst: &mut [kernel::ffi::c_char], src: &[u8]) -> Result {
@@ -394,19 +403,9 @@ impl<'a> Request<'a> {
     }
 
     /// Send a notification to multicast group `group` of this request's family, in
-    /// the request's namespace. Best effort: having no listeners, or a listener whose
-    /// socket is full, does not fail the request, whose change is already made.
+    /// the request's namespace. Best effort, see [`multicast`].
     pub fn notify_group(&self, group: u32, cmd: u8, fill: impl FnOnce(&mut Message) -> Result) -> Result {
-        let mut msg = Message::new()?;
-        msg.start(self.info.family, 0, 0, 0, cmd)?;
-        fill(&mut msg)?;
-        let skb = msg.finish();
-        // SAFETY: `skb` is a complete message we own; the call consumes it. The family
-        // is registered while its handlers run, and the namespace is live.
-        let _ = unsafe {
-            bindings::genlmsg_multicast_netns(self.info.family, self.net().as_ptr(), skb, 0, group, bindings::GFP_KERNEL)
-        };
-        Ok(())
+        multicast(self.info.family, self.net(), group, cmd, fill)
     }
 
     /// Build and send a reply: `fill` adds the attributes.
@@ -503,8 +502,19 @@ unsafe extern "C" fn doit_trampoline<T: Family>(_skb: *mut bindings::sk_buff, in
     let req = Request { info, maxattr: inner.family.maxattr as u16 };
     match inner.handler.doit(cmd, &req) {
         Ok(()) => 0,
+        Err(e) if interrupted(e) => {
+            // netlink_rcv_skb() sends no ack for -EINTR (it asks for a replay), so the
+            // caller would wait forever; and -ERESTART* must never reach userspace.
+            req.set_message(c"interrupted by a signal; nothing was done or the result is unknown");
+            ECANCELED().to_errno()
+        }
         Err(e) => e.to_errno(),
     }
+}
+
+/// True for the errors a blocking call returns when a signal interrupts it.
+fn interrupted(e: Error) -> bool {
+    e == EINTR || e == ERESTARTSYS || e == ERESTARTNOINTR || e == ERESTARTNOHAND
 }
 
 unsafe extern "C" fn dumpit_trampoline<T: Family>(skb: *mut bindings::sk_buff, cb: *mut bindings::netlink_callback) -> c_int {

@@ -122,6 +122,8 @@ fn main() -> ExitCode {
             let timeout = p.interval_ms.clamp(1, 10_000) as u32;
             let up = match client.probe(p.addr, p.port, p.tcp, timeout) {
                 Ok(_) => true,
+                // Interrupted by one of our signals: says nothing about the peer.
+                Err(e) if e.errno() == Some(libc::ECANCELED) => continue,
                 Err(e) => {
                     if st.up != Some(false) {
                         log(format!("peer {} ({}): {e}", p.name, p.addr));
