@@ -62,10 +62,10 @@ class Guest:
         self.fenced = False
         self.log = open(os.path.join(self.share, "vng.log"), "w")
 
-    def start(self, memory="768M", append=()):
+    def start(self, memory="768M", append=(), nic_opts=""):
         mac = f"52:54:00:77:00:{11 + self.index:02x}"
         qemu = (f"-netdev tap,id=lznet,ifname={self.tap},script=no,downscript=no "
-                f"-device virtio-net-pci,netdev=lznet,mac={mac}")
+                f"-device virtio-net-pci,netdev=lznet,mac={mac}{',' + nic_opts if nic_opts else ''}")
         cmd = ["ip", "netns", "exec", self.bench.ns, "vng", "--run", self.bench.kdir, "--disable-kvm",
                "--cpus", "1", "--memory", memory, "--rwdir", self.share, f"--qemu-opts={qemu}"]
         for a in append:
@@ -139,7 +139,11 @@ class Guest:
 class Bench:
     """N guests on one segment. Use as a context manager."""
 
-    def __init__(self, n, name="lzb", hub=False, append=()):
+    # virtio-net device options that make the host deliver fully checksummed,
+    # unsegmented frames, so the guest verifies every incoming TCP checksum.
+    NIC_NO_RX_OFFLOAD = "guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off"
+
+    def __init__(self, n, name="lzb", hub=False, append=(), nic_opts=""):
         self.kdir = os.environ.get("LAZARUS_KDIR") or ""
         self.modules = os.environ.get("LAZARUS_MODULES") or os.path.join(ROOT, "modules")
         if not self.kdir or not os.path.exists(os.path.join(self.kdir, "arch/x86/boot/bzImage")):
@@ -152,6 +156,7 @@ class Bench:
         self.n = n
         self.hub = hub
         self.append = append
+        self.nic_opts = nic_opts
         self.ns = f"{name}{os.getpid()}"
         self.workdir = tempfile.mkdtemp(prefix=f"lazarus-{self.ns}-", dir=os.environ.get("LAZARUS_BENCH_DIR"))
         self.guests = []
@@ -161,7 +166,7 @@ class Bench:
             self._net_up()
             self.guests = [Guest(self, i) for i in range(self.n)]
             for g in self.guests:
-                g.start(append=self.append)
+                g.start(append=self.append, nic_opts=self.nic_opts)
             for g in self.guests:
                 g.wait_ready()
         except BaseException:

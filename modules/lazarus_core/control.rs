@@ -5,7 +5,8 @@ use super::lzk::errno::{EOPNOTSUPP, ETIMEDOUT};
 use super::lzk::genl::{self, Dump, FamilySpec, Message, Request};
 use super::lzk::net::{Ipv4Addr, Net};
 use super::lzk::proto::genl_core::{self as spec, cmd, core_attr as a, event, port_stats_attr as ps};
-use super::lzk::proto::ports::PortSet;
+use super::lzk::proto::ports::{PortSet, RedirectMap};
+use super::redirect::Redirects;
 use super::lzk::sysctl::{Entry, IntValue, Table, TextValue};
 use super::lzk::work::{DelayedWork, WorkHandler};
 use super::{channel, ConfigError, Core, PortSlot, VERSION};
@@ -143,11 +144,13 @@ impl genl::Family for Control {
 pub(crate) struct SysctlValues {
     enabled: Enabled,
     ports: Ports,
+    redirect: Redirect,
     stats_log: StatsLog,
 }
 
 struct Enabled(Arc<Core>);
 struct Ports(Arc<Core>);
+struct Redirect(Arc<Redirects>);
 struct StatsLog {
     core: Arc<Core>,
     work: DelayedWork<StatsLogJob>,
@@ -155,12 +158,13 @@ struct StatsLog {
 struct StatsLogJob(Arc<Core>);
 
 impl SysctlValues {
-    pub(crate) fn new(core: Arc<Core>) -> Result<KBox<Self>> {
+    pub(crate) fn new(core: Arc<Core>, redirects: Arc<Redirects>) -> Result<KBox<Self>> {
         let work = DelayedWork::new(StatsLogJob(core.clone()))?;
         Ok(KBox::new(
             SysctlValues {
                 enabled: Enabled(core.clone()),
                 ports: Ports(core.clone()),
+                redirect: Redirect(redirects),
                 stats_log: StatsLog { core, work },
             },
             GFP_KERNEL,
@@ -175,6 +179,7 @@ impl SysctlValues {
             [
                 Entry::int(c"enabled", &self.enabled),
                 Entry::text(c"ports", &self.ports),
+                Entry::text(c"redirect", &self.redirect),
                 Entry::int(c"stats_log_interval_ms", &self.stats_log),
             ]
         };
@@ -203,7 +208,7 @@ impl TextValue for Ports {
     }
     fn store(&self, text: &[u8]) -> Result {
         let set = PortSet::parse(text).map_err(|e| {
-            pr_warn_ratelimited_ports(&e);
+            pr_warn!("net.lazarus.core.ports: rejected: {}\n", e);
             EINVAL
         })?;
         self.0.set_ports(&set);
@@ -211,8 +216,21 @@ impl TextValue for Ports {
     }
 }
 
-fn pr_warn_ratelimited_ports(e: &super::lzk::proto::ports::PortError) {
-    pr_warn!("net.lazarus.core.ports: rejected: {}\n", e);
+impl TextValue for Redirect {
+    fn show(&self, out: &mut [u8]) -> usize {
+        let map = self.0.get();
+        let mut w = SliceWriter { buf: out, len: 0 };
+        let _ = core::fmt::write(&mut w, format_args!("{map}"));
+        w.len
+    }
+    fn store(&self, text: &[u8]) -> Result {
+        let map = RedirectMap::parse(text).map_err(|e| {
+            pr_warn!("net.lazarus.core.redirect: rejected: {}\n", e);
+            EINVAL
+        })?;
+        self.0.set(&map);
+        Ok(())
+    }
 }
 
 impl IntValue for StatsLog {

@@ -8,6 +8,8 @@
 //!   (`lzctl`) or the `net.lazarus.core.*` sysctls.
 //! - Answers channel probes on UDP and TCP port 7400, and measures the round trip to a
 //!   peer's channel on request: the liveness path later mechanisms build on.
+//! - Redirects TCP ports statelessly (`net.lazarus.core.redirect`), rewriting headers
+//!   in flight with incremental checksum updates.
 
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
@@ -22,6 +24,7 @@ mod lzk;
 
 mod channel;
 mod control;
+mod redirect;
 
 use lzk::netfilter::{self, Hook, HookHandler, Verdict};
 use lzk::proto::ports::{PortSet, MAX_PORTS};
@@ -201,6 +204,7 @@ struct LazarusCore {
     _sysctl: lzk::sysctl::Table,
     _family: lzk::genl::Registration<control::Control>,
     _hooks: netfilter::Registration<Counter>,
+    _redirect_hooks: netfilter::Registration<redirect::Redirector>,
     _channel: channel::Channel,
     _sysctl_values: KBox<control::SysctlValues>,
 }
@@ -214,11 +218,24 @@ impl kernel::Module for LazarusCore {
             &[(Hook::LocalIn, 0), (Hook::LocalOut, 0)],
             Counter { core: core.clone() },
         )?;
+        let redirects = Arc::pin_init(redirect::Redirects::new(), GFP_KERNEL)?;
+        let redirect_hooks = netfilter::Registration::new(
+            lzk::net::Net::init(),
+            &[(Hook::PreRouting, redirect::PRIORITY), (Hook::LocalOut, redirect::PRIORITY)],
+            redirect::Redirector { table: redirects.clone() },
+        )?;
         let family = control::register(module, core.clone())?;
-        let values = control::SysctlValues::new(core)?;
+        let values = control::SysctlValues::new(core, redirects)?;
         let sysctl = values.register()?;
         pr_info!("loaded (version {}, channel port {})\n", VERSION.to_str().unwrap_or("?"), channel::PORT);
-        Ok(LazarusCore { _sysctl: sysctl, _family: family, _hooks: hooks, _channel: channel, _sysctl_values: values })
+        Ok(LazarusCore {
+            _sysctl: sysctl,
+            _family: family,
+            _hooks: hooks,
+            _redirect_hooks: redirect_hooks,
+            _channel: channel,
+            _sysctl_values: values,
+        })
     }
 }
 

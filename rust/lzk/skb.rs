@@ -144,6 +144,15 @@ impl<'a> SkBuff<'a> {
         Rewriter::new_headers(head, pkt_len, mode)
     }
 
+    /// Exempt the packet from connection tracking. A packet rewritten before conntrack
+    /// sees it would otherwise be tracked under a tuple that no longer matches its
+    /// flow, and may be marked INVALID.
+    pub fn set_untracked(&mut self) {
+        // SAFETY: The skb is valid and ours to modify (type invariant); the helper
+        // drops any conntrack reference and attaches the untracked template.
+        unsafe { bindings::lz_skb_set_untracked(self.raw()) };
+    }
+
     /// Copy `dst.len()` bytes starting at `offset` (from the IPv4 header) out of the
     /// packet, wherever they are stored.
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Result {

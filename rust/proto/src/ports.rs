@@ -255,3 +255,130 @@ mod tests {
         }
     }
 }
+
+/// Most port redirections a map can hold.
+pub const MAX_REDIRECTS: usize = 8;
+
+/// Port redirections, as written in the `redirect` sysctl: `"9999:8080 8443:443"`
+/// sends connections for the first port of each pair to the second.
+///
+/// # Invariants
+///
+/// `pairs[..len]` have non-zero ports, distinct `from` ports, distinct `to` ports, and
+/// no pair maps a port to itself; `len <= MAX_REDIRECTS`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RedirectMap {
+    pairs: [(u16, u16); MAX_REDIRECTS],
+    len: usize,
+}
+
+/// Why a redirect list was rejected. `at` is the byte offset of the offending token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectError {
+    /// Not `FROM:TO` with two ports in 1..=65535.
+    Malformed { at: usize },
+    /// A port redirected to itself.
+    SelfLoop { at: usize },
+    /// A `from` port given twice, or a `to` port shared by two pairs (replies from it
+    /// could not be mapped back statelessly).
+    Duplicate { at: usize },
+    /// More than [`MAX_REDIRECTS`] pairs.
+    TooMany { at: usize },
+}
+
+impl fmt::Display for RedirectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RedirectError::Malformed { at } => write!(f, "expected FROM:TO with ports 1-65535 at byte {at}"),
+            RedirectError::SelfLoop { at } => write!(f, "a port redirected to itself at byte {at}"),
+            RedirectError::Duplicate { at } => write!(f, "port used twice as source or as target at byte {at}"),
+            RedirectError::TooMany { at } => write!(f, "more than {MAX_REDIRECTS} redirections (byte {at})"),
+        }
+    }
+}
+
+impl RedirectMap {
+    /// The pairs, in the order given.
+    pub fn pairs(&self) -> &[(u16, u16)] {
+        &self.pairs[..self.len]
+    }
+
+    /// Parse pairs separated by spaces, tabs, newlines or commas. Empty is no redirection.
+    pub fn parse(text: &[u8]) -> Result<Self, RedirectError> {
+        let mut map = RedirectMap::default();
+        let mut i = 0;
+        while i < text.len() {
+            if is_sep(text[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < text.len() && !is_sep(text[i]) {
+                i += 1;
+            }
+            let tok = &text[start..i];
+            let colon = tok.iter().position(|&b| b == b':').ok_or(RedirectError::Malformed { at: start })?;
+            let bad = |_| RedirectError::Malformed { at: start };
+            let from = parse_port(&tok[..colon], start).map_err(bad)?;
+            let to = parse_port(&tok[colon + 1..], start).map_err(bad)?;
+            if from == to {
+                return Err(RedirectError::SelfLoop { at: start });
+            }
+            if map.pairs().iter().any(|&(f, t)| f == from || t == to) {
+                return Err(RedirectError::Duplicate { at: start });
+            }
+            if map.len == MAX_REDIRECTS {
+                return Err(RedirectError::TooMany { at: start });
+            }
+            map.pairs[map.len] = (from, to);
+            map.len += 1;
+        }
+        Ok(map)
+    }
+}
+
+/// Writes the map in the form [`RedirectMap::parse`] reads.
+impl fmt::Display for RedirectMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (from, to)) in self.pairs().iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{from}:{to}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let m = RedirectMap::parse(b"9999:8080, 8443:443").unwrap();
+        assert_eq!(m.pairs(), &[(9999, 8080), (8443, 443)]);
+        assert_eq!(m.to_string(), "9999:8080 8443:443");
+        assert!(RedirectMap::parse(b"").unwrap().pairs().is_empty());
+        assert_eq!(RedirectMap::parse(b"80"), Err(RedirectError::Malformed { at: 0 }));
+        assert_eq!(RedirectMap::parse(b"1:2 80:x"), Err(RedirectError::Malformed { at: 4 }));
+        assert_eq!(RedirectMap::parse(b"0:80"), Err(RedirectError::Malformed { at: 0 }));
+        assert_eq!(RedirectMap::parse(b"80:80"), Err(RedirectError::SelfLoop { at: 0 }));
+        assert_eq!(RedirectMap::parse(b"1:2 1:3"), Err(RedirectError::Duplicate { at: 4 }));
+        assert_eq!(RedirectMap::parse(b"1:2 3:2"), Err(RedirectError::Duplicate { at: 4 }));
+        assert_eq!(RedirectMap::parse(b"1:2:3"), Err(RedirectError::Malformed { at: 0 }));
+        let nine = b"1:2 3:4 5:6 7:8 9:10 11:12 13:14 15:16 17:18";
+        assert_eq!(RedirectMap::parse(nine), Err(RedirectError::TooMany { at: 39 }));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_roundtrips(text in proptest::collection::vec(any::<u8>(), 0..60)) {
+            if let Ok(m) = RedirectMap::parse(&text) {
+                prop_assert_eq!(RedirectMap::parse(m.to_string().as_bytes()), Ok(m));
+                prop_assert!(m.pairs().iter().all(|&(f, t)| f != 0 && t != 0 && f != t));
+            }
+        }
+    }
+}
