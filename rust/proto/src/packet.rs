@@ -893,3 +893,106 @@ mod tests {
         }
     }
 }
+
+/// Mutation fuzzing of the parser and the rewriter: valid packets (with options and
+/// payload) are corrupted byte by byte, truncated and given bogus length fields. Only
+/// the stable toolchain is available here, so this runs under proptest rather than a
+/// coverage-guided fuzzer; `PROPTEST_CASES` raises the count for longer runs.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        SetByte(prop::sample::Index, u8),
+        Truncate(prop::sample::Index),
+        TotalLength(u16),
+        DataOffset(u8),
+        Ihl(u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            4 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
+            1 => any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+            1 => any::<u16>().prop_map(Mutation::TotalLength),
+            1 => (0u8..16).prop_map(Mutation::DataOffset),
+            1 => (0u8..16).prop_map(Mutation::Ihl),
+        ]
+    }
+
+    fn options() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(vec![opt::NOP]),
+                Just(vec![opt::MSS, 4, 5, 180]),
+                Just(vec![opt::WSCALE, 3, 7]),
+                Just(vec![opt::SACK_PERM, 2]),
+                (any::<u32>(), any::<u32>()).prop_map(|(a, b)| {
+                    let mut v = vec![opt::TIMESTAMP, 10];
+                    v.extend_from_slice(&a.to_be_bytes());
+                    v.extend_from_slice(&b.to_be_bytes());
+                    v
+                }),
+                proptest::collection::vec(any::<u8>(), 0..6),
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat().into_iter().take(40).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000),
+        ))]
+        #[test]
+        fn mutated_packets_never_panic(
+            opts in options(),
+            payload in proptest::collection::vec(any::<u8>(), 0..80),
+            muts in proptest::collection::vec(mutation(), 1..6),
+            partial: bool,
+            seq: u32,
+            port: u16,
+        ) {
+            let mut buf = [0u8; 200];
+            let spec = SegmentSpec {
+                src: [10, 0, 0, 1], dst: [10, 0, 0, 2], src_port: 1000, dst_port: 80,
+                seq: Seq(1), ack: Seq(2), flags: TcpFlags(TcpFlags::ACK), window: 100,
+                id: 1, ttl: 64, options: &opts, payload: &payload,
+            };
+            let n = build_ipv4_tcp(&mut buf, &spec).unwrap();
+            let mut pkt = buf[..n].to_vec();
+            for m in &muts {
+                match *m {
+                    Mutation::SetByte(i, b) if !pkt.is_empty() => {
+                        let i = i.index(pkt.len());
+                        pkt[i] = b;
+                    }
+                    Mutation::Truncate(i) if !pkt.is_empty() => pkt.truncate(i.index(pkt.len())),
+                    Mutation::TotalLength(v) if pkt.len() >= 4 => pkt[2..4].copy_from_slice(&v.to_be_bytes()),
+                    Mutation::DataOffset(d) if pkt.len() > 32 => pkt[32] = (d << 4) | (pkt[32] & 0x0f),
+                    Mutation::Ihl(h) if !pkt.is_empty() => pkt[0] = (pkt[0] & 0xf0) | h,
+                    _ => {}
+                }
+            }
+            // Headers-only view over a prefix of every length, as a kernel buffer's
+            // linear part may be.
+            for head in [pkt.len(), pkt.len() / 2, 20, 40] {
+                let head = head.min(pkt.len());
+                if let Ok(p) = Ipv4Tcp::parse_headers(&pkt[..head], pkt.len()) {
+                    prop_assert!(p.payload_offset() <= head);
+                    prop_assert!(p.ip.total_len <= pkt.len());
+                    let _ = TcpOptions::parse(p.options(&pkt[..head]));
+                }
+            }
+            let mode = if partial { CsumMode::Partial } else { CsumMode::Full };
+            if let Ok(mut r) = Rewriter::new(&mut pkt, mode) {
+                r.set_seq(Seq(seq));
+                r.set_dst_port(port);
+                let _ = r.map_sack(|s| s.add(7));
+                let _ = r.set_timestamp(1, 2);
+            }
+        }
+    }
+}
