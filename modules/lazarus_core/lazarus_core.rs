@@ -115,7 +115,30 @@ impl Core {
 
     /// Start counting `port`. Process context.
     pub(crate) fn add_port(&self, port: u16) -> core::result::Result<(), ConfigError> {
+        self.add_port_locked(&mut self.config.lock(), port)
+    }
+
+    /// Stop counting `port`. Process context; waits for running hooks.
+    pub(crate) fn del_port(&self, port: u16) -> core::result::Result<(), ConfigError> {
+        self.del_port_locked(&mut self.config.lock(), port)
+    }
+
+    /// Replace the whole port set (the `ports` sysctl) under one lock hold, so
+    /// concurrent writers cannot interleave. Process context.
+    pub(crate) fn set_ports(&self, new: &PortSet) {
         let mut cfg = self.config.lock();
+        let old = *cfg;
+        for &p in old.as_slice() {
+            if !new.contains(p) {
+                let _ = self.del_port_locked(&mut cfg, p);
+            }
+        }
+        for &p in new.as_slice() {
+            let _ = self.add_port_locked(&mut cfg, p);
+        }
+    }
+
+    fn add_port_locked(&self, cfg: &mut PortSet, port: u16) -> core::result::Result<(), ConfigError> {
         match cfg.insert(port) {
             Ok(true) => {}
             Ok(false) => return Err(ConfigError::Exists),
@@ -130,9 +153,7 @@ impl Core {
         Ok(())
     }
 
-    /// Stop counting `port`. Process context; waits for running hooks.
-    pub(crate) fn del_port(&self, port: u16) -> core::result::Result<(), ConfigError> {
-        let mut cfg = self.config.lock();
+    fn del_port_locked(&self, cfg: &mut PortSet, port: u16) -> core::result::Result<(), ConfigError> {
         if !cfg.remove(port) {
             return Err(ConfigError::Missing);
         }
@@ -143,19 +164,6 @@ impl Core {
         // SAFETY: `synchronize_net` may sleep; we are in process context.
         unsafe { kernel::bindings::synchronize_net() };
         Ok(())
-    }
-
-    /// Replace the whole port set (the `ports` sysctl). Process context.
-    pub(crate) fn set_ports(&self, new: &PortSet) {
-        let old = *self.config.lock();
-        for &p in old.as_slice() {
-            if !new.contains(p) {
-                let _ = self.del_port(p);
-            }
-        }
-        for &p in new.as_slice() {
-            let _ = self.add_port(p);
-        }
     }
 
     /// Zero the counters of `port`, or of every port.

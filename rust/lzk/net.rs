@@ -42,6 +42,43 @@ impl Net {
     pub fn as_ptr(&self) -> *mut bindings::net {
         self.0.get()
     }
+
+    /// Take a counted reference, which keeps the namespace alive until dropped.
+    pub fn get(&self) -> NetRef {
+        // SAFETY: `self` is live (type invariant), so its count is non-zero and may
+        // be incremented; `get_net` returns the same pointer.
+        NetRef(unsafe { core::ptr::NonNull::new_unchecked(bindings::get_net(self.as_ptr())) })
+    }
+}
+
+/// An owned reference to a network namespace.
+///
+/// # Invariants
+///
+/// The pointer came from `get_net` and holds one reference, released in `Drop`.
+/// Holding it keeps the namespace from being dismantled, so owners of long-lived
+/// registrations must drop it when they are done (module unload).
+pub struct NetRef(core::ptr::NonNull<bindings::net>);
+
+// SAFETY: Namespace references may be taken and released on any thread.
+unsafe impl Send for NetRef {}
+// SAFETY: `NetRef` only gives out shared `&Net`.
+unsafe impl Sync for NetRef {}
+
+impl core::ops::Deref for NetRef {
+    type Target = Net;
+
+    fn deref(&self) -> &Net {
+        // SAFETY: The reference we hold keeps the namespace alive (type invariant).
+        unsafe { Net::from_raw(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for NetRef {
+    fn drop(&mut self) {
+        // SAFETY: We hold one reference from `get_net` (type invariant).
+        unsafe { bindings::put_net(self.0.as_ptr()) };
+    }
 }
 
 /// An IPv4 address in network byte order, as the wire and `struct sockaddr_in` hold it.

@@ -5,7 +5,7 @@
 //! as it wants packets; dropping the registration unregisters every hook and waits
 //! until no CPU is still running the handler.
 
-use super::net::Net;
+use super::net::{Net, NetRef};
 use super::skb::SkBuff;
 use core::pin::Pin;
 use kernel::bindings;
@@ -70,7 +70,7 @@ const MAX_HOOKS: usize = 5;
 struct Inner<T: HookHandler> {
     ops: [bindings::nf_hook_ops; MAX_HOOKS],
     n_ops: usize,
-    net: *mut bindings::net,
+    net: NetRef,
     handler: T,
 }
 
@@ -81,25 +81,23 @@ struct Inner<T: HookHandler> {
 /// `inner.ops[..inner.n_ops]` are registered with `nf_register_net_hooks` in
 /// `inner.net`, and each op's `priv_` points to `inner`, which is pinned and outlives
 /// the registration: `Drop` unregisters (which waits for running hooks to finish)
-/// before the box is freed. `inner.net` is `init_net` or a namespace the caller keeps
-/// alive for the registration's lifetime (see [`Registration::new`]).
+/// before the box is freed. `inner.net` holds a reference on the namespace, so it
+/// outlives the registration.
 pub struct Registration<T: HookHandler> {
     inner: Pin<KBox<Inner<T>>>,
 }
 
-// SAFETY: The raw pointers inside only refer to the pinned `inner` and to a namespace
-// that outlives the registration; the handler itself is `Send`.
+// SAFETY: The raw pointers inside only refer to the pinned `inner`; the namespace
+// reference and the handler are `Send`.
 unsafe impl<T: HookHandler> Send for Registration<T> {}
 // SAFETY: Shared access only reads the handler, which is `Sync`.
 unsafe impl<T: HookHandler> Sync for Registration<T> {}
 
 impl<T: HookHandler> Registration<T> {
     /// Register `handler` at each `(hook, priority)` in `net`. Lower priorities run
-    /// first (`NF_IP_PRI_*`).
-    ///
-    /// `net` must outlive the registration; use [`Net::init`] unless the caller manages
-    /// the namespace's lifetime (for example through pernet operations).
-    pub fn new(net: &'static Net, hooks: &[(Hook, i32)], handler: T) -> Result<Self> {
+    /// first (`NF_IP_PRI_*`). The registration holds a reference on `net` until it is
+    /// dropped.
+    pub fn new(net: &Net, hooks: &[(Hook, i32)], handler: T) -> Result<Self> {
         if hooks.is_empty() || hooks.len() > MAX_HOOKS {
             return Err(EINVAL);
         }
@@ -109,7 +107,7 @@ impl<T: HookHandler> Registration<T> {
                 // documented "unset" state (null callbacks and pointers).
                 ops: unsafe { core::mem::zeroed() },
                 n_ops: hooks.len(),
-                net: net.as_ptr(),
+                net: net.get(),
                 handler,
             },
             GFP_KERNEL,
@@ -125,9 +123,9 @@ impl<T: HookHandler> Registration<T> {
             op.priority = prio;
         }
         // SAFETY: `ops` points to `n_ops` initialized entries in pinned memory that
-        // stays valid until `Drop` unregisters them; `net` is valid (see above).
+        // stays valid until `Drop` unregisters them; `net` is held alive by `inner`.
         to_result(unsafe {
-            bindings::nf_register_net_hooks(inner_mut.net, inner_mut.ops.as_ptr(), inner_mut.n_ops as u32)
+            bindings::nf_register_net_hooks(inner_mut.net.as_ptr(), inner_mut.ops.as_ptr(), inner_mut.n_ops as u32)
         })?;
         Ok(Registration { inner })
     }
@@ -144,7 +142,7 @@ impl<T: HookHandler> Drop for Registration<T> {
         // `nf_unregister_net_hooks` waits for an RCU grace period, so no CPU runs
         // `hook_trampoline` with our `priv_` once it returns and `inner` may be freed.
         unsafe {
-            bindings::nf_unregister_net_hooks(self.inner.net, self.inner.ops.as_ptr(), self.inner.n_ops as u32)
+            bindings::nf_unregister_net_hooks(self.inner.net.as_ptr(), self.inner.ops.as_ptr(), self.inner.n_ops as u32)
         };
     }
 }
