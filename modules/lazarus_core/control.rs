@@ -65,7 +65,7 @@ impl genl::Family for Control {
                 m.put_u64(a::PROBES_ANSWERED, core.probes_answered.load(Ordering::Relaxed))
             }),
             cmd::PORT_ADD | cmd::PORT_DEL => {
-                let port = req.u16(a::PORT).ok_or_else(|| req.missing(a::PORT, c"missing attribute: port"))?;
+                let port = req.u16(a::PORT).ok_or_else(|| req.missing(c"missing attribute: port"))?;
                 let (res, ev) = if c == cmd::PORT_ADD {
                     (core.add_port(port), event::PORT_ADDED)
                 } else {
@@ -78,7 +78,7 @@ impl genl::Family for Control {
                 })
             }
             cmd::PORT_GET => {
-                let port = req.u16(a::PORT).ok_or_else(|| req.missing(a::PORT, c"missing attribute: port"))?;
+                let port = req.u16(a::PORT).ok_or_else(|| req.missing(c"missing attribute: port"))?;
                 let s = core.slot(port).ok_or_else(|| config_error(req, ConfigError::Missing))?;
                 req.reply(c, |m| put_stats(m, port, s))
             }
@@ -94,7 +94,7 @@ impl genl::Family for Control {
                 })
             }
             cmd::SET_ENABLED => {
-                let on = req.u8(a::ENABLED).ok_or_else(|| req.missing(a::ENABLED, c"missing attribute: enabled"))?;
+                let on = req.u8(a::ENABLED).ok_or_else(|| req.missing(c"missing attribute: enabled"))?;
                 core.enabled.store(on != 0, Ordering::Relaxed);
                 req.notify_group(spec::MCGRP_EVENTS, cmd::CONFIG_NTF, |m| {
                     m.put_u8(a::EVENT, event::ENABLED_CHANGED)?;
@@ -102,7 +102,7 @@ impl genl::Family for Control {
                 })
             }
             cmd::PEER_PROBE => {
-                let addr = req.be32(a::PEER_ADDR).ok_or_else(|| req.missing(a::PEER_ADDR, c"missing attribute: peer-addr"))?;
+                let addr = req.be32(a::PEER_ADDR).ok_or_else(|| req.missing(c"missing attribute: peer-addr"))?;
                 let port = req.u16(a::PEER_PORT).unwrap_or(channel::PORT);
                 let transport = req.u8(a::TRANSPORT).unwrap_or(spec::transport::UDP);
                 let timeout = req.u32(a::TIMEOUT_MS).unwrap_or(1000);

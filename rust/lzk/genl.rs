@@ -382,10 +382,9 @@ impl<'a> Request<'a> {
         self.attr(id).and_then(|b| Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?)))
     }
 
-    /// Fail with `EINVAL`, telling the caller which attribute is missing.
-    pub fn missing(&self, id: u16, msg: &'static CStr) -> Error {
+    /// Fail with `EINVAL` and `msg`, which names the missing attribute.
+    pub fn missing(&self, msg: &'static CStr) -> Error {
         self.set_message(msg);
-        let _ = id;
         EINVAL
     }
 
