@@ -201,10 +201,7 @@ impl IntValue for Enabled {
 
 impl TextValue for Ports {
     fn show(&self, out: &mut [u8]) -> usize {
-        let set = *self.0.config.lock();
-        let mut w = SliceWriter { buf: out, len: 0 };
-        let _ = core::fmt::write(&mut w, format_args!("{set}"));
-        w.len
+        show_display(out, &*self.0.config.lock())
     }
     fn store(&self, text: &[u8]) -> Result {
         let set = PortSet::parse(text).map_err(|e| {
@@ -218,10 +215,7 @@ impl TextValue for Ports {
 
 impl TextValue for Redirect {
     fn show(&self, out: &mut [u8]) -> usize {
-        let map = self.0.get();
-        let mut w = SliceWriter { buf: out, len: 0 };
-        let _ = core::fmt::write(&mut w, format_args!("{map}"));
-        w.len
+        show_display(out, &self.0.get())
     }
     fn store(&self, text: &[u8]) -> Result {
         let map = RedirectMap::parse(text).map_err(|e| {
@@ -269,6 +263,14 @@ impl WorkHandler for StatsLogJob {
         }
         Some(ms as u32)
     }
+}
+
+/// Write `value` into `out` as text; returns the length used. Both values shown this
+/// way (64 ports, 8 redirections) fit the sysctl buffer.
+fn show_display(out: &mut [u8], value: &impl core::fmt::Display) -> usize {
+    let mut w = SliceWriter { buf: out, len: 0 };
+    let _ = core::fmt::write(&mut w, format_args!("{value}"));
+    w.len
 }
 
 /// `core::fmt::Write` into a fixed buffer; output beyond it is cut off.

@@ -124,17 +124,7 @@ impl PortSet {
     /// The empty string is the empty set.
     pub fn parse(text: &[u8]) -> Result<Self, PortError> {
         let mut set = PortSet::new();
-        let mut i = 0;
-        while i < text.len() {
-            if is_sep(text[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < text.len() && !is_sep(text[i]) {
-                i += 1;
-            }
-            let tok = &text[start..i];
+        for (start, tok) in tokens(text) {
             let (lo, hi) = match tok.iter().position(|&b| b == b'-') {
                 Some(d) => (
                     parse_port(&tok[..d], start)?,
@@ -158,6 +148,25 @@ impl PortSet {
 
 fn is_sep(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',')
+}
+
+/// The tokens of a list separated by spaces, tabs, newlines or commas, each with its
+/// byte offset (for error messages).
+fn tokens(text: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut i = 0;
+    core::iter::from_fn(move || {
+        while i < text.len() && is_sep(text[i]) {
+            i += 1;
+        }
+        if i == text.len() {
+            return None;
+        }
+        let start = i;
+        while i < text.len() && !is_sep(text[i]) {
+            i += 1;
+        }
+        Some((start, &text[start..i]))
+    })
 }
 
 fn parse_port(tok: &[u8], at: usize) -> Result<u16, PortError> {
@@ -306,17 +315,7 @@ impl RedirectMap {
     /// Parse pairs separated by spaces, tabs, newlines or commas. Empty is no redirection.
     pub fn parse(text: &[u8]) -> Result<Self, RedirectError> {
         let mut map = RedirectMap::default();
-        let mut i = 0;
-        while i < text.len() {
-            if is_sep(text[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < text.len() && !is_sep(text[i]) {
-                i += 1;
-            }
-            let tok = &text[start..i];
+        for (start, tok) in tokens(text) {
             let colon = tok.iter().position(|&b| b == b':').ok_or(RedirectError::Malformed { at: start })?;
             let bad = |_| RedirectError::Malformed { at: start };
             let from = parse_port(&tok[..colon], start).map_err(bad)?;
