@@ -97,8 +97,9 @@ for i in $(seq 100); do grep -q 'is reachable' /tmp/lzd.log && break; sleep 0.1;
         say(f"download: HTTP {code}, {int(size)} bytes in {float(secs):.1f} s, sha256 {'matches' if ok else 'DIFFERS'}")
 
         say("interactive session: 5 requests on one keep-alive connection")
-        r = b.host(f"curl -s -o /dev/null -w '%{{http_code}}\\n' " + " ".join([f"http://{server.addr}/blob.sha"] * 5))
-        print("    " + " ".join(r.stdout.split()))
+        urls = " ".join(f"-o /dev/null http://{server.addr}/blob.sha" for _ in range(5))
+        r = b.host(f"curl -s -w 'HTTP %{{http_code}}, new connections %{{num_connects}}\\n' {urls}")
+        print("    " + "\n    ".join(r.stdout.strip().splitlines()))
 
         say("fencing the peer (its VM is killed, like a power cut)")
         t_fence = time.time()
