@@ -45,9 +45,11 @@ pub(crate) const VERSION: &core::ffi::CStr = c"0.1.0";
 ///
 /// # Invariants
 ///
-/// `port` is 0 for a free slot. A slot's counters are only zeroed while its port is 0
-/// and no hook can still hold it (after `synchronize_net`), so counts never leak from
-/// a removed port into the next port that reuses the slot.
+/// `port` is 0 for a free slot. A slot is reused only after its port was cleared and
+/// a grace period passed (`synchronize_net`), and its counters are zeroed before the
+/// new port is published, so counts never leak from a removed port into the next
+/// port that takes the slot. (`reset` also zeroes live slots on request; increments
+/// racing with it may survive, as with any counter reset under traffic.)
 pub(crate) struct PortSlot {
     pub(crate) port: AtomicU32,
     pub(crate) packets_in: AtomicU64,
