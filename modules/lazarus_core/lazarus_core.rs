@@ -83,6 +83,8 @@ impl PortSlot {
 #[pin_data]
 pub(crate) struct Core {
     pub(crate) slots: [PortSlot; MAX_PORTS],
+    /// Number of configured ports; the hooks skip parsing while it is 0.
+    active: AtomicU32,
     pub(crate) enabled: AtomicBool,
     pub(crate) probes_answered: AtomicU64,
     pub(crate) stats_log_ms: AtomicI32,
@@ -102,6 +104,7 @@ impl Core {
     fn new() -> impl PinInit<Self> {
         pin_init!(Core {
             slots: [const { PortSlot::new() }; MAX_PORTS],
+            active: AtomicU32::new(0),
             enabled: AtomicBool::new(true),
             probes_answered: AtomicU64::new(0),
             stats_log_ms: AtomicI32::new(0),
@@ -152,6 +155,7 @@ impl Core {
             s.zero();
             s.port.store(port as u32, Ordering::Release);
         }
+        self.active.store(cfg.len() as u32, Ordering::Relaxed);
         Ok(())
     }
 
@@ -162,6 +166,7 @@ impl Core {
         if let Some(s) = self.slot(port) {
             s.port.store(0, Ordering::Release);
         }
+        self.active.store(cfg.len() as u32, Ordering::Relaxed);
         // Hooks run under RCU: after a grace period none still holds the old slot.
         // SAFETY: `synchronize_net` may sleep; we are in process context.
         unsafe { kernel::bindings::synchronize_net() };
@@ -186,7 +191,7 @@ struct Counter {
 
 impl HookHandler for Counter {
     fn hook(&self, hook: Hook, skb: &mut SkBuff<'_>) -> Verdict {
-        if !self.core.enabled.load(Ordering::Relaxed) {
+        if !self.core.enabled.load(Ordering::Relaxed) || self.core.active.load(Ordering::Relaxed) == 0 {
             return Verdict::Accept;
         }
         // Not TCP or malformed: not ours to count; TCP itself will judge it.

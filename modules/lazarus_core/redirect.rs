@@ -47,6 +47,11 @@ impl Redirects {
         })
     }
 
+    /// True when no redirection is configured: the hooks then skip parsing.
+    fn is_empty(&self) -> bool {
+        self.slots.iter().all(|s| s.from.load(Ordering::Relaxed) == 0)
+    }
+
     fn inbound(&self, dst: u16) -> Option<u16> {
         self.slots.iter().find_map(|s| {
             let from = s.from.load(Ordering::Acquire);
@@ -89,6 +94,9 @@ pub(crate) struct Redirector {
 
 impl HookHandler for Redirector {
     fn hook(&self, hook: Hook, skb: &mut SkBuff<'_>) -> Verdict {
+        if self.table.is_empty() {
+            return Verdict::Accept;
+        }
         let Ok(p) = skb.ipv4_tcp() else {
             return Verdict::Accept;
         };

@@ -155,10 +155,16 @@ unsafe extern "C" fn int_handler<V: IntValue>(
     // SAFETY: `tmp` is a valid table for an int with bounds; the user buffer
     // arguments are passed through unchanged from the kernel.
     let ret = unsafe { bindings::proc_dointvec_minmax(&tmp, write, buffer, lenp, ppos) };
+    commit(ret, write, || v.set(scratch))
+}
+
+/// The end of every handler: a failed parse or a read returns the kernel parser's
+/// result; a parsed write is applied, and its error (if any) returned.
+fn commit(ret: c_int, write: c_int, apply: impl FnOnce() -> Result) -> c_int {
     if ret != 0 || write == 0 {
         return ret;
     }
-    match v.set(scratch) {
+    match apply() {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }
@@ -195,12 +201,8 @@ unsafe extern "C" fn text_handler<V: TextValue>(
     tmp.maxlen = buf.len() as c_int;
     // SAFETY: `tmp` describes a string of `buf.len()` bytes, NUL-terminated on read.
     let ret = unsafe { bindings::proc_dostring(&tmp, write, buffer, lenp, ppos) };
-    if ret != 0 || write == 0 {
-        return ret;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match v.store(&buf[..end]) {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+    commit(ret, write, || {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        v.store(&buf[..end])
+    })
 }
