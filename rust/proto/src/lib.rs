@@ -13,10 +13,13 @@
 #![cfg_attr(not(any(test, MODULE)), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod beat;
 pub mod channel;
 pub mod csum;
+pub mod flowtab;
 pub mod genl;
 pub mod genl_core;
 pub mod packet;
 pub mod ports;
 pub mod seq;
+pub mod shadow;
