@@ -19,6 +19,7 @@ pub mod csum;
 pub mod flowtab;
 pub mod genl;
 pub mod genl_core;
+pub mod genl_shadow;
 pub mod packet;
 pub mod ports;
 pub mod seq;
