@@ -407,6 +407,18 @@ impl<'a> Request<'a> {
         multicast(self.info.family, self.net(), group, cmd, fill)
     }
 
+    /// A handle that sends notifications of this family in this request's namespace
+    /// later, from another context (for example a kernel thread the request starts).
+    ///
+    /// # Safety
+    ///
+    /// The caller must stop using the notifier before the family is unregistered
+    /// (typically: whatever owns it is torn down before the module drops its
+    /// [`Registration`]).
+    pub unsafe fn notifier(&self) -> Notifier {
+        Notifier { family: self.info.family, net: self.net().get() }
+    }
+
     /// Build and send a reply: `fill` adds the attributes.
     pub fn reply(&self, cmd: u8, fill: impl FnOnce(&mut Message) -> Result) -> Result {
         let mut msg = Message::new()?;
@@ -415,6 +427,31 @@ impl<'a> Request<'a> {
         let skb = msg.finish();
         // SAFETY: `skb` is a complete message we own; `genlmsg_reply` consumes it.
         to_result(unsafe { bindings::genlmsg_reply(skb, self.info as *const _ as *mut _) })
+    }
+}
+
+/// Sends notifications of a family from outside its handlers.
+///
+/// # Invariants
+///
+/// `family` is a registered family, and stays registered while the notifier is in
+/// use (the contract of [`Request::notifier`]); `net` holds a namespace reference.
+pub struct Notifier {
+    family: *const bindings::genl_family,
+    net: super::net::NetRef,
+}
+
+// SAFETY: The family pointer is only passed to the genetlink core, which may be called
+// from any thread; the namespace reference is `Send`.
+unsafe impl Send for Notifier {}
+// SAFETY: As above; sending needs no exclusive access.
+unsafe impl Sync for Notifier {}
+
+impl Notifier {
+    /// Multicast a notification to `group`. Process context. Best effort, see
+    /// [`multicast`].
+    pub fn notify(&self, group: u32, cmd: u8, fill: impl FnOnce(&mut Message) -> Result) -> Result {
+        multicast(self.family, &self.net, group, cmd, fill)
     }
 }
 

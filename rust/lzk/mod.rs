@@ -13,6 +13,8 @@
 #[path = "../proto/src/lib.rs"]
 pub mod proto;
 
+pub mod bh;
+pub mod dev;
 pub mod errno;
 pub mod genl;
 pub mod kthread;
@@ -21,4 +23,5 @@ pub mod netfilter;
 pub mod skb;
 pub mod sock;
 pub mod sysctl;
+pub mod tcp;
 pub mod work;

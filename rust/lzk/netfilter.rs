@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
-//! IPv4 netfilter hooks (include/linux/netfilter.h, include/uapi/linux/netfilter_ipv4.h).
+//! Netfilter hooks (include/linux/netfilter.h): the five IPv4 hooks, ARP output, and
+//! a device's ingress hook.
 //!
 //! A module implements [`HookHandler`] and keeps a [`Registration`] alive for as long
 //! as it wants packets; dropping the registration unregisters every hook and waits
 //! until no CPU is still running the handler.
 
+use super::dev::NetDevice;
 use super::net::{Net, NetRef};
 use super::skb::SkBuff;
 use core::pin::Pin;
@@ -12,9 +14,15 @@ use kernel::bindings;
 use kernel::error::to_result;
 use kernel::prelude::*;
 
-/// Where in the IPv4 path a hook runs.
+/// Where a hook runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Hook {
+    /// Every frame a device receives, right after the link layer (before IP's
+    /// checks, including the one that drops frames addressed to another host). The
+    /// packet may be of any protocol: check [`SkBuff::protocol`].
+    Ingress,
+    /// An ARP message about to leave (data at the ARP header).
+    ArpOut,
     /// After the IP header is validated, before routing (incoming).
     PreRouting,
     /// Addressed to this host, before the transport protocol sees it.
@@ -28,8 +36,20 @@ pub enum Hook {
 }
 
 impl Hook {
+    fn family(self) -> u8 {
+        match self {
+            Hook::Ingress => bindings::NFPROTO_NETDEV as u8,
+            Hook::ArpOut => bindings::NFPROTO_ARP as u8,
+            _ => bindings::NFPROTO_IPV4 as u8,
+        }
+    }
+
     fn number(self) -> u32 {
         match self {
+            Hook::Ingress => bindings::nf_dev_hooks_NF_NETDEV_INGRESS,
+            // NF_ARP_OUT from include/uapi/linux/netfilter_arp.h (a macro bindgen
+            // does not see through the headers we include).
+            Hook::ArpOut => 1,
             Hook::PreRouting => bindings::nf_inet_hooks_NF_INET_PRE_ROUTING,
             Hook::LocalIn => bindings::nf_inet_hooks_NF_INET_LOCAL_IN,
             Hook::Forward => bindings::nf_inet_hooks_NF_INET_FORWARD,
@@ -38,10 +58,10 @@ impl Hook {
         }
     }
 
-    fn from_number(n: u32) -> Option<Hook> {
-        [Hook::PreRouting, Hook::LocalIn, Hook::Forward, Hook::LocalOut, Hook::PostRouting]
+    fn from_state(pf: u8, n: u32) -> Option<Hook> {
+        [Hook::Ingress, Hook::ArpOut, Hook::PreRouting, Hook::LocalIn, Hook::Forward, Hook::LocalOut, Hook::PostRouting]
             .into_iter()
-            .find(|h| h.number() == n)
+            .find(|h| h.family() == pf && h.number() == n)
     }
 }
 
@@ -50,8 +70,13 @@ impl Hook {
 pub enum Verdict {
     /// Let it continue.
     Accept,
-    /// Free it.
+    /// Free it (counted as a drop).
     Drop,
+    /// The handler has no further use for it and it must go no further, but the
+    /// sender must see success: the packet is freed and the hook reports it stolen.
+    /// Used to withhold a local socket's output without the socket noticing (a
+    /// dropped packet makes TCP's transmit fail and retry).
+    Consume,
 }
 
 /// Packet handler for a set of hooks.
@@ -64,25 +89,26 @@ pub trait HookHandler: Send + Sync + 'static {
     fn hook(&self, hook: Hook, skb: &mut SkBuff<'_>) -> Verdict;
 }
 
-/// Most hooks one registration can hold (one per IPv4 hook point).
-const MAX_HOOKS: usize = 5;
+/// Most hooks one registration can hold.
+const MAX_HOOKS: usize = 7;
 
 struct Inner<T: HookHandler> {
     ops: [bindings::nf_hook_ops; MAX_HOOKS],
     n_ops: usize,
     net: NetRef,
+    dev: Option<NetDevice>,
     handler: T,
 }
 
-/// A set of registered IPv4 hooks in one network namespace.
+/// A set of registered hooks in one network namespace.
 ///
 /// # Invariants
 ///
 /// `inner.ops[..inner.n_ops]` are registered with `nf_register_net_hooks` in
 /// `inner.net`, and each op's `priv_` points to `inner`, which is pinned and outlives
 /// the registration: `Drop` unregisters (which waits for running hooks to finish)
-/// before the box is freed. `inner.net` holds a reference on the namespace, so it
-/// outlives the registration.
+/// before the box is freed. `inner.net` holds a reference on the namespace and
+/// `inner.dev` on the device of an ingress hook, so both outlive the registration.
 pub struct Registration<T: HookHandler> {
     inner: Pin<KBox<Inner<T>>>,
 }
@@ -98,9 +124,20 @@ impl<T: HookHandler> Registration<T> {
     /// first (`NF_IP_PRI_*`). The registration holds a reference on `net` until it is
     /// dropped.
     pub fn new(net: &Net, hooks: &[(Hook, i32)], handler: T) -> Result<Self> {
+        Self::with_device(net, None, hooks, handler)
+    }
+
+    /// Like [`Registration::new`], with the device an [`Hook::Ingress`] hook watches
+    /// (required exactly when one of the hooks is `Ingress`).
+    pub fn with_device(net: &Net, dev: Option<NetDevice>, hooks: &[(Hook, i32)], handler: T) -> Result<Self> {
         if hooks.is_empty() || hooks.len() > MAX_HOOKS {
             return Err(EINVAL);
         }
+        let wants_dev = hooks.iter().any(|(h, _)| *h == Hook::Ingress);
+        if wants_dev != dev.is_some() {
+            return Err(EINVAL);
+        }
+        let dev_ptr = dev.as_ref().map_or(core::ptr::null_mut(), |d| d.as_ptr());
         let mut inner = KBox::pin(
             Inner {
                 // SAFETY: `nf_hook_ops` is a C struct for which all-zero is the
@@ -108,6 +145,7 @@ impl<T: HookHandler> Registration<T> {
                 ops: unsafe { core::mem::zeroed() },
                 n_ops: hooks.len(),
                 net: net.get(),
+                dev,
                 handler,
             },
             GFP_KERNEL,
@@ -118,8 +156,11 @@ impl<T: HookHandler> Registration<T> {
         for (op, &(hook, prio)) in inner_mut.ops.iter_mut().zip(hooks) {
             op.hook = Some(hook_trampoline::<T>);
             op.priv_ = priv_;
-            op.pf = bindings::NFPROTO_IPV4 as u8;
+            op.pf = hook.family();
             op.hooknum = hook.number();
+            if hook == Hook::Ingress {
+                op.dev = dev_ptr;
+            }
             op.priority = prio;
         }
         // SAFETY: `ops` points to `n_ops` initialized entries in pinned memory that
@@ -156,8 +197,8 @@ unsafe extern "C" fn hook_trampoline<T: HookHandler>(
     // hook is registered (type invariant); we only take a shared reference.
     let inner = unsafe { &*(priv_ as *const Inner<T>) };
     // SAFETY: netfilter passes a valid state for the duration of the call.
-    let hooknum = unsafe { (*state).hook } as u32;
-    let Some(hook) = Hook::from_number(hooknum) else {
+    let (pf, hooknum) = unsafe { ((*state).pf, (*state).hook as u32) };
+    let Some(hook) = Hook::from_state(pf, hooknum) else {
         return bindings::NF_ACCEPT;
     };
     // SAFETY: netfilter hands the hook exclusive use of a valid skb for the call.
@@ -165,5 +206,11 @@ unsafe extern "C" fn hook_trampoline<T: HookHandler>(
     match inner.handler.hook(hook, &mut view) {
         Verdict::Accept => bindings::NF_ACCEPT,
         Verdict::Drop => bindings::NF_DROP,
+        Verdict::Consume => {
+            // SAFETY: The hook owns the skb for the call; after NF_STOLEN nobody else
+            // touches it, so freeing it here is the only release.
+            unsafe { bindings::consume_skb(skb) };
+            bindings::NF_STOLEN
+        }
     }
 }

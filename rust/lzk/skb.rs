@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Borrowed socket buffers (`struct sk_buff`, include/linux/skbuff.h) as netfilter
-//! hooks see them: the data starts at the IPv4 header.
+//! hooks see them: the data starts at the network header (IPv4 at the IPv4 hooks, ARP at
+//! the ARP hooks, any protocol at a device's ingress hook).
 
 use super::proto::packet::{CsumMode, Ipv4Header, Ipv4Tcp, ParseError, Rewriter, IPPROTO_TCP};
 use core::marker::PhantomData;
@@ -13,7 +14,7 @@ use kernel::prelude::*;
 /// # Invariants
 ///
 /// `ptr` points to a valid `sk_buff` that the current context may read and modify
-/// (but not free) for `'a`, and whose `data` points at the IPv4 header.
+/// (but not free) for `'a`, and whose `data` points at the network header.
 pub struct SkBuff<'a> {
     ptr: NonNull<bindings::sk_buff>,
     _life: PhantomData<&'a mut bindings::sk_buff>,
@@ -25,7 +26,7 @@ impl<'a> SkBuff<'a> {
     /// # Safety
     ///
     /// `ptr` must be valid, exclusively usable by the caller for `'a` (as in a
-    /// netfilter hook), and its data must start at the IPv4 header.
+    /// netfilter hook), and its data must start at the network header.
     pub unsafe fn from_raw(ptr: *mut bindings::sk_buff) -> Self {
         SkBuff {
             // SAFETY: The caller guarantees `ptr` is valid, hence non-null.
@@ -36,6 +37,26 @@ impl<'a> SkBuff<'a> {
 
     fn raw(&self) -> *mut bindings::sk_buff {
         self.ptr.as_ptr()
+    }
+
+    /// The link layer's protocol number (`ETH_P_*`), host order.
+    pub fn protocol(&self) -> u16 {
+        // SAFETY: The skb is valid (type invariant); `protocol` is a plain field (inside
+        // the `headers` group, whose union members alias the same bytes).
+        u16::from_be(unsafe { (*self.raw()).__bindgen_anon_4.__bindgen_anon_1.as_ref().protocol })
+    }
+
+    /// The link layer's classification of the frame (`PACKET_HOST`, `PACKET_OTHERHOST`, ...).
+    pub fn pkt_type(&self) -> u8 {
+        // SAFETY: The skb is valid (type invariant); the helper reads a bitfield.
+        unsafe { bindings::lz_skb_pkt_type(self.raw()) }
+    }
+
+    /// Reclassify the frame. Setting `PACKET_HOST` on a frame addressed to another
+    /// host's MAC makes IP accept it as if it had been sent to this host.
+    pub fn set_pkt_type(&mut self, t: u8) {
+        // SAFETY: The skb is valid and ours to modify (type invariant).
+        unsafe { bindings::lz_skb_set_pkt_type(self.raw(), t) }
     }
 
     /// Total length of the packet (linear part and fragments).
@@ -98,9 +119,9 @@ impl<'a> SkBuff<'a> {
         }
     }
 
-    /// The contiguous bytes from the IPv4 header to the end of the linear part.
+    /// The contiguous bytes from the network header to the end of the linear part.
     pub fn head(&self) -> &[u8] {
-        // SAFETY: The skb is valid; `data` points at the IPv4 header (type invariant)
+        // SAFETY: The skb is valid; `data` points at the network header (type invariant)
         // and `skb_headlen` bytes from there are readable.
         unsafe { core::slice::from_raw_parts((*self.raw()).data, self.headlen()) }
     }
@@ -153,7 +174,7 @@ impl<'a> SkBuff<'a> {
         unsafe { bindings::lz_skb_set_untracked(self.raw()) };
     }
 
-    /// Copy `dst.len()` bytes starting at `offset` (from the IPv4 header) out of the
+    /// Copy `dst.len()` bytes starting at `offset` (from the network header) out of the
     /// packet, wherever they are stored.
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Result {
         let off = i32::try_from(offset).map_err(|_| EINVAL)?;

@@ -17,6 +17,7 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/random.h>
+#include <linux/rtnetlink.h>
 #include <linux/scatterlist.h>
 #include <linux/sched/signal.h>
 #include <linux/skbuff.h>
@@ -28,6 +29,7 @@
 #include <linux/uio.h>
 #include <net/arp.h>
 #include <net/genetlink.h>
+#include <net/inet_hashtables.h>
 #include <net/inet_sock.h>
 #include <net/ip.h>
 #include <net/net_namespace.h>

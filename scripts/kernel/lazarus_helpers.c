@@ -176,6 +176,28 @@ void rust_helper_ib_dma_unmap_single(struct ib_device *dev, u64 addr, size_t siz
 int rust_helper_ib_dma_mapping_error(struct ib_device *dev, u64 dma_addr)
 { return ib_dma_mapping_error(dev, dma_addr); }
 
+/* --- devices, sockets and bottom halves (shadowing, takeover) -------------- */
+void rust_helper_lz_dev_put(struct net_device *dev)
+{ dev_put(dev); }
+u8 rust_helper_lz_skb_pkt_type(const struct sk_buff *skb)
+{ return skb->pkt_type; }
+void rust_helper_lz_skb_set_pkt_type(struct sk_buff *skb, u8 type)
+{ skb->pkt_type = type; }
+void rust_helper_skb_reset_mac_header(struct sk_buff *skb)
+{ skb_reset_mac_header(skb); }
+void rust_helper_skb_reset_transport_header(struct sk_buff *skb)
+{ skb_reset_transport_header(skb); }
+void rust_helper_local_bh_disable(void)
+{ local_bh_disable(); }
+void rust_helper_local_bh_enable(void)
+{ local_bh_enable(); }
+void rust_helper_lz_bh_lock_sock(struct sock *sk)
+{ bh_lock_sock(sk); }
+void rust_helper_lz_bh_unlock_sock(struct sock *sk)
+{ bh_unlock_sock(sk); }
+bool rust_helper_lz_sock_owned_by_user(const struct sock *sk)
+{ return sock_owned_by_user_nocheck(sk); }
+
 /* --- sensor sources (read-only counters for the Sensor Box) ----------------- */
 unsigned long long rust_helper_lz_nr_context_switches(void)
 { return nr_context_switches(); }

@@ -214,11 +214,11 @@ impl<T, S: DerefMut<Target = [Slot<T>]>> FlowTable<T, S> {
         removed
     }
 
-    /// Visit connections in slot order starting at slot `from`, up to `max` of them;
-    /// returns the slot to continue from, or `None` at the end. Lets a caller walk the
+    /// Visit connections in slot order starting at slot `from`, up to `max` of them,
+    /// with their slot index; returns the slot to continue from, or `None` at the end. Lets a caller walk the
     /// table in short batches without holding its lock throughout (entries moved by
     /// concurrent removals may be seen twice or skipped, which batch users tolerate).
-    pub fn walk(&self, from: usize, max: usize, mut f: impl FnMut(&FlowKey, &T)) -> Option<usize> {
+    pub fn walk(&self, from: usize, max: usize, mut f: impl FnMut(usize, &FlowKey, &T)) -> Option<usize> {
         let mut seen = 0;
         let mut i = from;
         while i < self.slots.len() {
@@ -226,7 +226,7 @@ impl<T, S: DerefMut<Target = [Slot<T>]>> FlowTable<T, S> {
                 if seen == max {
                     return Some(i);
                 }
-                f(k, v);
+                f(i, k, v);
                 seen += 1;
             }
             i += 1;
@@ -292,7 +292,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut at = Some(0);
         while let Some(from) = at {
-            at = t.walk(from, 7, |_, v| seen.push(*v));
+            at = t.walk(from, 7, |_, _, v| seen.push(*v));
         }
         seen.sort();
         assert_eq!(seen, (0..100).collect::<Vec<_>>());

@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Heartbeats with the peer node, failure detection, and the table's housekeeping.
+//!
+//! One kernel thread per configured service sends a beat to the peer every interval
+//! and listens for the peer's beats in between (the socket's receive timeout is a
+//! quarter interval, so detection is late by at most that much). Three intervals
+//! without a fresh beat declare the peer failed: reported once on the events group,
+//! where `lazarusd` fences the primary and calls takeover. A beat from the peer after
+//! that reports it alive again.
+
+use super::lzk::genl::Notifier;
+use super::lzk::kthread::{self, ThreadBody};
+use super::lzk::net::Ipv4Addr;
+use super::lzk::proto::beat::{Beat, Detector, PeerState, Role, BEAT_LEN};
+use super::lzk::proto::genl_shadow::{self as spec, cmd, event, peer_state, role, shadow_attr as a};
+use super::lzk::sock::{SockAddr, Socket};
+use super::{bump, now_ms, Shared};
+use core::sync::atomic::Ordering;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// How often finished connections are swept from the table.
+const GC_INTERVAL_MS: u64 = 1000;
+
+pub(crate) struct Beater {
+    pub(crate) sock: Socket,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: SockAddr,
+    pub(crate) vip: [u8; 4],
+    pub(crate) port: u16,
+    pub(crate) notifier: Notifier,
+}
+
+impl Beater {
+    fn beat(&self, counter: u32) -> Beat {
+        let s = &*self.shared;
+        Beat {
+            role: if s.role.load(Ordering::Relaxed) == role::BACKUP { Role::Backup } else { Role::Primary },
+            gate_open: s.gate_open.load(Ordering::Relaxed),
+            protected: s.peer_state.load(Ordering::Relaxed) == peer_state::ALIVE,
+            service: self.vip,
+            service_port: self.port,
+            counter,
+            conns: s.conns(),
+        }
+    }
+
+    fn notify(&self, ev: u8, silence_ms: Option<u64>) {
+        let s = &*self.shared;
+        let _ = self.notifier.notify(spec::MCGRP_EVENTS, cmd::SHADOW_NTF, |m| {
+            m.put_u8(a::EVENT, ev)?;
+            m.put_u8(a::ROLE, s.role.load(Ordering::Relaxed))?;
+            m.put_u8(a::PEER_STATE, s.peer_state.load(Ordering::Relaxed))?;
+            m.put_u32(a::PEER_ADDR, u32::from_ne_bytes(self.peer.addr.0))?;
+            if let Some(ms) = silence_ms {
+                m.put_u32(a::PEER_SILENCE_MS, ms.min(u32::MAX as u64) as u32)?;
+            }
+            m.put_u32(a::CONNS, s.conns())
+        });
+    }
+
+    /// Accept `buf` as a beat from the peer about our service.
+    fn valid(&self, buf: &[u8], from: Option<SockAddr>) -> Option<Beat> {
+        let b = Beat::decode(buf).ok()?;
+        let from_peer = from.is_some_and(|f| f.addr.0 == self.peer.addr.0);
+        (from_peer && b.service == self.vip && b.service_port == self.port).then_some(b)
+    }
+}
+
+impl ThreadBody for Beater {
+    fn run(&self) {
+        let s = &*self.shared;
+        let mut det = Detector::new();
+        let mut counter: u32 = 0;
+        let mut next_send = 0u64;
+        let mut next_gc = now_ms() + GC_INTERVAL_MS;
+        let mut timeout_ms = 0u32;
+        let mut buf = [0u8; 64];
+        while !kthread::should_stop() {
+            let interval = s.heartbeat_ms.load(Ordering::Relaxed).max(1);
+            let want = (interval / 4).max(2);
+            if want != timeout_ms {
+                timeout_ms = want;
+                self.sock.set_timeouts(timeout_ms, timeout_ms);
+            }
+            let now = now_ms();
+            if now >= next_send {
+                counter = counter.wrapping_add(1);
+                if self.sock.send(&self.beat(counter).encode(), Some(self.peer)).is_ok() {
+                    bump(&s.stats.beats_sent);
+                }
+                next_send = now + interval as u64;
+            }
+            match self.sock.recv(&mut buf) {
+                Ok((n, from)) => match self.valid(&buf[..n.min(BEAT_LEN + 1)], from) {
+                    Some(b) if det.on_beat(b.counter, now_ms()) => {
+                        bump(&s.stats.beats_received);
+                        s.last_beat_ms.store(now_ms(), Ordering::Relaxed);
+                    }
+                    _ => bump(&s.stats.beats_rejected),
+                },
+                Err(e) if e == EAGAIN || e == EINTR => {}
+                // Shut down (unloading), or an error that would repeat: pace the loop.
+                Err(_) => kthread::sleep_ms(timeout_ms),
+            }
+            let now = now_ms();
+            let before = s.peer_state.load(Ordering::Relaxed);
+            match det.tick(now, interval) {
+                PeerState::Alive if before != peer_state::ALIVE => {
+                    s.peer_state.store(peer_state::ALIVE, Ordering::Relaxed);
+                    pr_info!("peer {} alive\n", Ipv4Addr(self.peer.addr.0));
+                    self.notify(event::PEER_ALIVE, det.silence_ms(now));
+                }
+                PeerState::JustFailed => {
+                    s.peer_state.store(peer_state::FAILED, Ordering::Relaxed);
+                    let silence = det.silence_ms(now);
+                    pr_warn!(
+                        "peer {} failed: no heartbeat for {} ms (interval {} ms)\n",
+                        Ipv4Addr(self.peer.addr.0),
+                        silence.unwrap_or(0),
+                        interval
+                    );
+                    self.notify(event::PEER_FAILED, silence);
+                }
+                _ => {}
+            }
+            if now >= next_gc {
+                s.collect_garbage(now);
+                next_gc = now + GC_INTERVAL_MS;
+            }
+        }
+    }
+
+    fn wake(&self) {
+        self.sock.shutdown();
+    }
+}

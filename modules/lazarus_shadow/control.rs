@@ -1,0 +1,351 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The `lazarus_shadow` netlink family: configuration, status, takeover and the
+//! connection table.
+
+use super::beat::Beater;
+use super::hooks::{Handler, PRIO_RAW};
+use super::lzk::dev::{NetDevice, IFNAME_MAX};
+use super::lzk::errno::{EALREADY, EOPNOTSUPP};
+use super::lzk::genl::{self, Dump, FamilySpec, Message, Request};
+use super::lzk::kthread::Thread;
+use super::lzk::net::{Ipv4Addr, Net};
+use super::lzk::netfilter::{self, Hook};
+use super::lzk::proto::beat::DEFAULT_PORT;
+use super::lzk::proto::flowtab::{FlowKey, FlowTable, Slot};
+use super::lzk::proto::genl_shadow::{self as spec, cmd, conn_attr as ca, event, role, shadow_attr as a, stats_attr as st};
+use super::lzk::sock::{Kind, SockAddr, Socket};
+use super::takeover::{self, Refused};
+use super::{now_ms, Config, Conn, Live, Shared, Table, VERSION};
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+static SPEC: FamilySpec = FamilySpec {
+    name: spec::FAMILY_NAME_C,
+    version: spec::FAMILY_VERSION,
+    maxattr: a::MAX,
+    policy: spec::POLICY,
+    ops: spec::OPS,
+    groups: spec::MCAST_GROUPS,
+};
+
+const DEFAULT_HEARTBEAT_MS: u32 = 100;
+const DEFAULT_MAX_CONNS: u32 = 16384;
+
+pub(crate) struct Control {
+    shared: Arc<Shared>,
+}
+
+pub(crate) fn register(module: &'static ThisModule, shared: Arc<Shared>) -> Result<genl::Registration<Control>> {
+    genl::Registration::new(&SPEC, module, Control { shared })
+}
+
+fn be_u32(addr: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(addr)
+}
+
+fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
+    let all: [(u16, &AtomicU64); 13] = [
+        (st::CLIENT_SEGMENTS, &s.client_segments),
+        (st::SWALLOWED, &s.swallowed),
+        (st::TRANSLATED_IN, &s.translated_in),
+        (st::TRANSLATED_OUT, &s.translated_out),
+        (st::UNMAPPED, &s.unmapped),
+        (st::TABLE_FULL, &s.table_full),
+        (st::OPTIONS_MISMATCH, &s.options_mismatch),
+        (st::ARP_WITHHELD, &s.arp_withheld),
+        (st::BEATS_SENT, &s.beats_sent),
+        (st::BEATS_RECEIVED, &s.beats_received),
+        (st::BEATS_REJECTED, &s.beats_rejected),
+        (st::PROMPTS, &s.prompts),
+        (st::PARSE_ERRORS, &s.parse_errors),
+    ];
+    m.nest(a::STATS, |m| {
+        for (id, c) in all {
+            m.put_u64(id, c.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    })
+}
+
+fn put_conn(m: &mut Message, k: &FlowKey, c: &Conn) -> Result {
+    m.nest(a::CONN, |m| {
+        let sh = &c.shadow;
+        let p = sh.progress();
+        m.put_u32(ca::CLIENT_ADDR, be_u32(k.client))?;
+        m.put_u16(ca::CLIENT_PORT, k.client_port)?;
+        m.put_u8(ca::MAPPED, sh.mapping().is_some() as u8)?;
+        if let Some(map) = sh.mapping() {
+            m.put_u32(ca::SEQ_OFFSET, map.seq.0)?;
+            m.put_u32(ca::TS_OFFSET, map.ts.unwrap_or(0))?;
+        }
+        m.put_u32(ca::CLIENT_NEXT, p.client_next.0)?;
+        m.put_u32(ca::CLIENT_ACKED, p.client_acked.0)?;
+        let flags = p.client_fin as u8 | (p.server_fin as u8) << 1 | (p.rst as u8) << 2 | (sh.options_mismatch() as u8) << 3;
+        m.put_u8(ca::FLAGS, flags)
+    })
+}
+
+impl Control {
+    fn status(&self, c: u8, req: &Request<'_>) -> Result {
+        let s = &*self.shared;
+        let live = s.live.lock();
+        req.reply(c, |m| {
+            m.put_str(a::VERSION, VERSION)?;
+            m.put_u8(a::ROLE, s.role.load(Ordering::Relaxed))?;
+            if let Some(l) = live.as_ref() {
+                let cfg = &l.config;
+                m.put_u32(a::SERVICE_ADDR, be_u32(cfg.vip))?;
+                m.put_u16(a::SERVICE_PORT, cfg.port)?;
+                m.put_u32(a::PEER_ADDR, be_u32(cfg.peer))?;
+                m.put_u16(a::BEAT_PORT, cfg.beat_port)?;
+                if !cfg.ifname().is_empty() {
+                    let name = core::ffi::CStr::from_bytes_with_nul(&cfg.ifname[..=cfg.ifname().len()]).map_err(|_| EINVAL)?;
+                    m.put_str(a::IFNAME, name)?;
+                }
+                m.put_u32(a::MAX_CONNS, cfg.max_conns)?;
+            }
+            m.put_u32(a::HEARTBEAT_MS, s.heartbeat_ms.load(Ordering::Relaxed))?;
+            m.put_u8(a::GATE_OPEN, s.gate_open.load(Ordering::Relaxed) as u8)?;
+            m.put_u8(a::PEER_STATE, s.peer_state.load(Ordering::Relaxed))?;
+            let last = s.last_beat_ms.load(Ordering::Relaxed);
+            if last != 0 {
+                m.put_u32(a::PEER_SILENCE_MS, now_ms().saturating_sub(last).min(u32::MAX as u64) as u32)?;
+            }
+            m.put_u32(a::CONNS, s.conns())?;
+            put_stats(m, &s.stats)
+        })
+    }
+
+    fn configure(&self, req: &Request<'_>) -> Result {
+        let s = &*self.shared;
+        let r = req.u8(a::ROLE).ok_or_else(|| req.missing(c"missing attribute: role"))?;
+        let mut live = s.live.lock();
+        if r == role::NONE {
+            drop(live);
+            if s.deconfigure() {
+                pr_info!("service deconfigured\n");
+                self.notify(req, event::DECONFIGURED);
+            }
+            return Ok(());
+        }
+        let heartbeat = req.u32(a::HEARTBEAT_MS);
+        if let Some(l) = live.as_ref() {
+            // A live service: only the heartbeat interval may change, and a request
+            // that repeats the configuration is accepted as is.
+            let same = |id: u16, v: Option<u32>| req.attr(id).is_none() || v == Some(1);
+            let cfg = &l.config;
+            let unchanged = r == cfg.role
+                && same(a::SERVICE_ADDR, req.be32(a::SERVICE_ADDR).map(|v| (v == u32::from_be_bytes(cfg.vip)) as u32))
+                && same(a::SERVICE_PORT, req.u16(a::SERVICE_PORT).map(|v| (v == cfg.port) as u32))
+                && same(a::PEER_ADDR, req.be32(a::PEER_ADDR).map(|v| (v == u32::from_be_bytes(cfg.peer)) as u32))
+                && same(a::BEAT_PORT, req.u16(a::BEAT_PORT).map(|v| (v == cfg.beat_port) as u32))
+                && same(a::MAX_CONNS, req.u32(a::MAX_CONNS).map(|v| (v == cfg.max_conns) as u32))
+                && same(a::IFNAME, req.attr(a::IFNAME).map(|v| (trim_nul(v) == cfg.ifname()) as u32));
+            if !unchanged {
+                req.set_message(c"the service is live: only heartbeat-ms may change; configure role none first");
+                return Err(EBUSY);
+            }
+            if let Some(ms) = heartbeat {
+                s.heartbeat_ms.store(ms, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        let vip = req.be32(a::SERVICE_ADDR).ok_or_else(|| req.missing(c"missing attribute: service-addr"))?;
+        let port = req.u16(a::SERVICE_PORT).ok_or_else(|| req.missing(c"missing attribute: service-port"))?;
+        let peer = req.be32(a::PEER_ADDR).ok_or_else(|| req.missing(c"missing attribute: peer-addr"))?;
+        let mut ifname = [0u8; IFNAME_MAX + 1];
+        if let Some(n) = req.attr(a::IFNAME).map(trim_nul) {
+            if n.is_empty() || n.len() > IFNAME_MAX {
+                req.set_message(c"ifname must be 1 to 15 bytes");
+                return Err(EINVAL);
+            }
+            ifname[..n.len()].copy_from_slice(n);
+        } else if r == role::BACKUP {
+            return Err(req.missing(c"missing attribute: ifname (a backup listens on the client segment)"));
+        }
+        if vip == 0 || peer == 0 || vip == peer {
+            req.set_message(c"service-addr and peer-addr must be distinct unicast addresses");
+            return Err(EINVAL);
+        }
+        let config = Config {
+            role: r,
+            vip: vip.to_be_bytes(),
+            port,
+            peer: peer.to_be_bytes(),
+            beat_port: req.u16(a::BEAT_PORT).unwrap_or(DEFAULT_PORT),
+            ifname,
+            max_conns: req.u32(a::MAX_CONNS).unwrap_or(DEFAULT_MAX_CONNS),
+        };
+        s.heartbeat_ms.store(heartbeat.unwrap_or(DEFAULT_HEARTBEAT_MS), Ordering::Relaxed);
+        *live = Some(self.start(req, config)?);
+        drop(live);
+        pr_info!(
+            "service {}:{} configured as {}, peer {}\n",
+            Ipv4Addr(config.vip),
+            port,
+            if r == role::BACKUP { "backup" } else { "primary" },
+            Ipv4Addr(config.peer)
+        );
+        self.notify(req, event::CONFIGURED);
+        Ok(())
+    }
+
+    /// Allocate the table, start the heartbeat thread and (on a backup) the hooks.
+    /// On error everything started so far is undone by the drops.
+    fn start(&self, req: &Request<'_>, config: Config) -> Result<Live> {
+        let s = &self.shared;
+        let net = Net::init();
+        if !core::ptr::eq(req.net().as_ptr(), net.as_ptr()) {
+            req.set_message(c"only the initial network namespace is supported");
+            return Err(EOPNOTSUPP());
+        }
+        // Capacity is 7/8 of the slots (see FlowTable).
+        let slots = (config.max_conns as usize) + (config.max_conns as usize) / 7 + 2;
+        let mut v = KVVec::with_capacity(slots, GFP_KERNEL).inspect_err(|_| {
+            req.set_message(c"not enough memory for max-conns connections");
+        })?;
+        for _ in 0..slots {
+            v.push(Slot::Empty, GFP_KERNEL)?;
+        }
+        // SAFETY: `get_random_u64` may be called from process context.
+        let seed = unsafe { kernel::bindings::get_random_u64() };
+        let table: Table = FlowTable::new(v, seed).ok_or(EINVAL)?;
+        let dev = if config.ifname().is_empty() {
+            None
+        } else {
+            Some(NetDevice::by_name(net, config.ifname()).inspect_err(|_| {
+                req.set_message(c"no such interface (ifname)");
+            })?)
+        };
+        let sock = Socket::new(net, Kind::Udp)?;
+        sock.bind(SockAddr { addr: Ipv4Addr::ANY, port: config.beat_port }).inspect_err(|_| {
+            req.set_message(c"cannot bind the heartbeat port (in use?)");
+        })?;
+        {
+            let _bh = super::lzk::bh::BhGuard::new();
+            *s.table.lock() = Some(table);
+        }
+        s.vip.store(u32::from_ne_bytes(config.vip), Ordering::Relaxed);
+        s.role.store(config.role, Ordering::Relaxed);
+        s.gate_open.store(config.role == role::PRIMARY, Ordering::Relaxed);
+        // SAFETY: The notifier lives in the heartbeat thread, which `Live` owns; the
+        // module tears `Live` down before it unregisters the family.
+        let notifier = unsafe { req.notifier() };
+        let beater = Beater {
+            sock,
+            shared: s.clone(),
+            peer: SockAddr { addr: Ipv4Addr(config.peer), port: config.beat_port },
+            vip: config.vip,
+            port: config.port,
+            notifier,
+        };
+        let beat = Thread::spawn(c"lz_shadow_hb", beater)?;
+        let (hooks, promisc) = match (&dev, config.role) {
+            (Some(d), role::BACKUP) => {
+                let hooks = netfilter::Registration::with_device(
+                    net,
+                    Some(d.try_clone(net)?),
+                    &[(Hook::Ingress, 0), (Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)],
+                    Handler { shared: s.clone() },
+                )?;
+                let p = d.try_clone(net)?;
+                p.promiscuity(1)?;
+                (Some(hooks), Some(p))
+            }
+            _ => (None, None),
+        };
+        // Publish last: the hooks do nothing until the port is set.
+        s.port.store(config.port as u32, Ordering::Release);
+        Ok(Live { config, dev, _beat: beat, _hooks: hooks, promisc })
+    }
+
+    fn takeover(&self, c: u8, req: &Request<'_>) -> Result {
+        let s = &*self.shared;
+        let live = s.live.lock();
+        let Some(l) = live.as_ref() else {
+            req.set_message(c"no service is configured");
+            return Err(ENOENT);
+        };
+        let out = takeover::run(s, l, req.net()).map_err(|e| {
+            let (err, msg) = match e {
+                Refused::NotBackup => (EINVAL, c"this node is not a backup"),
+                Refused::Already => (EALREADY(), c"this node already serves the service"),
+            };
+            req.set_message(msg);
+            err
+        })?;
+        drop(live);
+        self.notify(req, event::TAKEOVER);
+        req.reply(c, |m| {
+            m.put_u32(a::CONNS, out.conns)?;
+            m.put_u32(a::TAKEOVER_MS, out.took_ms)
+        })?;
+        let _ = out.prompted;
+        Ok(())
+    }
+
+    fn notify(&self, req: &Request<'_>, ev: u8) {
+        let s = &*self.shared;
+        let _ = req.notify_group(spec::MCGRP_EVENTS, cmd::SHADOW_NTF, |m| {
+            m.put_u8(a::EVENT, ev)?;
+            m.put_u8(a::ROLE, s.role.load(Ordering::Relaxed))?;
+            m.put_u8(a::PEER_STATE, s.peer_state.load(Ordering::Relaxed))?;
+            m.put_u32(a::CONNS, s.conns())
+        });
+    }
+}
+
+fn trim_nul(b: &[u8]) -> &[u8] {
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..n]
+}
+
+impl genl::Family for Control {
+    fn doit(&self, c: u8, req: &Request<'_>) -> Result {
+        match c {
+            cmd::GET_STATUS => self.status(c, req),
+            cmd::CONFIGURE => self.configure(req),
+            cmd::TAKEOVER => self.takeover(c, req),
+            _ => Err(EOPNOTSUPP()),
+        }
+    }
+
+    fn dumpit(&self, c: u8, dump: &mut Dump<'_>) -> Result {
+        if c != cmd::CONN_GET {
+            return Err(EOPNOTSUPP());
+        }
+        // The cursor is the next table slot; each round copies a batch out under the
+        // lock and writes it to the message after releasing it.
+        const BATCH: usize = 32;
+        loop {
+            let from = dump.cursor();
+            let mut batch = [(0usize, FlowKey::default(), Conn::default()); BATCH];
+            let mut n = 0;
+            let next = self
+                .shared
+                .with_table(|t| {
+                    t.walk(from, BATCH, |slot, k, c| {
+                        batch[n] = (slot, *k, *c);
+                        n += 1;
+                    })
+                })
+                .flatten();
+            for (slot, k, c) in &batch[..n] {
+                if !dump.add(cmd::CONN_GET, |m| put_conn(m, k, c))? {
+                    // The message is full: resume at this connection next time. Slot
+                    // positions are stable enough for a dump (see FlowTable::walk).
+                    dump.set_cursor(*slot);
+                    return Ok(());
+                }
+            }
+            match next {
+                Some(slot) => dump.set_cursor(slot),
+                None => {
+                    dump.set_cursor(usize::MAX);
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The backup's packet path.
+//!
+//! - Ingress (the client-segment device): frames for the service that are addressed
+//!   to the primary's MAC become this host's, so IP accepts them; the primary's own
+//!   segments to clients are read for their SYN-ACK options and timestamps.
+//! - PRE_ROUTING: client segments are mapped into the backup's spaces (or dropped
+//!   while their mapping is unknown, so the backup's TCP never sees the primary's
+//!   numbers).
+//! - LOCAL_OUT: the backup's own SYN-ACKs are recorded; while the gate is closed all
+//!   output from the service address is withheld; after takeover it is mapped into the
+//!   primary's spaces.
+//! - ARP_OUT: ARP from the service address is withheld while the gate is closed.
+//!
+//! Rewritten packets are exempted from connection tracking, which would otherwise
+//! judge them against the numbers it saw before the rewrite.
+
+use super::lzk::netfilter::{Hook, HookHandler, Verdict};
+use super::lzk::proto::flowtab::FlowKey;
+use super::lzk::proto::packet::{Ipv4Header, Ipv4Tcp, TcpFlags, TcpOptions};
+use super::lzk::proto::seq::Seq;
+use super::lzk::proto::shadow::{ClientSegment, Mapping, Shadow, SynAck};
+use super::lzk::skb::SkBuff;
+use super::{bump, now_ms, Conn, Shared};
+use core::sync::atomic::Ordering;
+use kernel::bindings;
+use kernel::sync::Arc;
+
+/// Hook priorities: before connection tracking, like the core module's redirect.
+pub(crate) const PRIO_RAW: i32 = bindings::nf_ip_hook_priorities_NF_IP_PRI_RAW;
+
+/// Headers copied out at ingress: IPv4 and TCP with all options.
+const INGRESS_COPY: usize = 120;
+
+const ETH_P_IP: u16 = bindings::ETH_P_IP as u16;
+const PACKET_HOST: u8 = bindings::PACKET_HOST as u8;
+const PACKET_OTHERHOST: u8 = bindings::PACKET_OTHERHOST as u8;
+
+pub(crate) struct Handler {
+    pub(crate) shared: Arc<Shared>,
+}
+
+fn flags(p: &Ipv4Tcp) -> (bool, bool, bool, bool) {
+    let f = p.tcp.flags;
+    (f.has(TcpFlags::SYN), f.has(TcpFlags::ACK), f.has(TcpFlags::FIN), f.has(TcpFlags::RST))
+}
+
+fn options(head: &[u8], p: &Ipv4Tcp) -> Option<TcpOptions> {
+    TcpOptions::parse(head.get(p.tcp_offset() + 20..p.payload_offset())?).ok()
+}
+
+impl HookHandler for Handler {
+    fn hook(&self, hook: Hook, skb: &mut SkBuff<'_>) -> Verdict {
+        let port = self.shared.port.load(Ordering::Acquire) as u16;
+        if port == 0 {
+            return Verdict::Accept;
+        }
+        let vip = self.shared.vip.load(Ordering::Relaxed).to_ne_bytes();
+        match hook {
+            Hook::Ingress => self.ingress(skb, vip, port),
+            Hook::PreRouting => self.from_client(skb, vip, port),
+            Hook::LocalOut => self.to_client(skb, vip, port),
+            Hook::ArpOut => self.arp_out(skb, vip),
+            _ => Verdict::Accept,
+        }
+    }
+}
+
+impl Handler {
+    fn gate_open(&self) -> bool {
+        self.shared.gate_open.load(Ordering::Acquire)
+    }
+
+    /// Read-only: the frame may still be shared with packet taps here, so headers are
+    /// copied out rather than pulled.
+    fn ingress(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
+        if skb.protocol() != ETH_P_IP || skb.pkt_type() != PACKET_OTHERHOST {
+            return Verdict::Accept;
+        }
+        let mut buf = [0u8; INGRESS_COPY];
+        let n = skb.len().min(INGRESS_COPY);
+        if skb.copy_out(0, &mut buf[..n]).is_err() {
+            return Verdict::Accept;
+        }
+        let Ok(p) = Ipv4Tcp::parse_headers(&buf[..n], skb.len()) else {
+            return Verdict::Accept;
+        };
+        if p.ip.dst == vip && p.tcp.dst_port == port {
+            skb.set_pkt_type(PACKET_HOST);
+        } else if p.ip.src == vip && p.tcp.src_port == port && !self.gate_open() {
+            self.observe_primary(&buf[..n], &p, port);
+        }
+        Verdict::Accept
+    }
+
+    /// A segment from the primary to a client, seen on the wire.
+    fn observe_primary(&self, head: &[u8], p: &Ipv4Tcp, port: u16) {
+        let key = FlowKey { client: p.ip.dst, client_port: p.tcp.dst_port, service: p.ip.src, service_port: port };
+        let opts = options(head, p).unwrap_or_default();
+        let (syn, ack, fin, rst) = flags(p);
+        self.shared.with_table(|t| {
+            if let Some(c) = t.get_mut(&key) {
+                if syn && ack {
+                    c.shadow.on_primary_synack(SynAck::new(p.tcp.seq, &opts));
+                } else {
+                    c.shadow.on_primary_segment(opts.timestamp.map(|t| t.0), fin, rst);
+                }
+            }
+        });
+    }
+
+    fn from_client(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
+        let Ok(p) = skb.ipv4_tcp() else {
+            return Verdict::Accept;
+        };
+        if p.ip.dst != vip || p.tcp.dst_port != port {
+            return Verdict::Accept;
+        }
+        bump(&self.shared.stats.client_segments);
+        let Some(opts) = options(skb.head(), &p) else {
+            bump(&self.shared.stats.parse_errors);
+            return Verdict::Drop;
+        };
+        let (syn, ack, fin, rst) = flags(&p);
+        let key = FlowKey { client: p.ip.src, client_port: p.tcp.src_port, service: vip, service_port: port };
+        let seg = ClientSegment {
+            seq: p.tcp.seq,
+            seq_len: p.seq_len(),
+            ack: ack.then_some(p.tcp.ack),
+            tsecr: opts.timestamp.map(|t| t.1),
+            fin,
+            rst,
+        };
+        let gate_open = self.gate_open();
+        let now = now_ms();
+        // Decide under the lock; rewrite after releasing it.
+        let decision = self.shared.with_table(|t| {
+            if syn && !ack {
+                let fresh = || Conn {
+                    shadow: if gate_open { Shadow::native(p.tcp.seq) } else { Shadow::new(p.tcp.seq) },
+                    last_ms: now,
+                };
+                // A SYN on the tuple of a finished connection starts a new one.
+                if t.get(&key).is_some_and(|c| c.shadow.finished()) {
+                    t.remove(&key);
+                }
+                return match t.get_or_insert_with(key, fresh) {
+                    Ok(c) => {
+                        c.last_ms = now;
+                        Ok(None)
+                    }
+                    Err(_) => Err(Refusal::Full),
+                };
+            }
+            let Some(c) = t.get_mut(&key) else {
+                return Err(Refusal::Unknown);
+            };
+            c.last_ms = now;
+            let m = c.shadow.on_client_segment(&seg).ok_or(Refusal::Unknown)?;
+            Ok(Some((m, opts.timestamp.map(|(v, e)| (v, c.shadow.inbound_tsecr(e))))))
+        });
+        let s = &self.shared.stats;
+        match decision {
+            None => Verdict::Accept,
+            Some(Ok(None)) => {
+                skb.set_untracked();
+                Verdict::Accept
+            }
+            Some(Ok(Some((m, ts)))) => {
+                if m != Mapping::IDENTITY && rewrite_in(skb, m, ts).is_err() {
+                    bump(&s.parse_errors);
+                    return Verdict::Drop;
+                }
+                bump(&s.translated_in);
+                skb.set_untracked();
+                Verdict::Accept
+            }
+            Some(Err(Refusal::Full)) => {
+                bump(&s.table_full);
+                Verdict::Accept
+            }
+            Some(Err(Refusal::Unknown)) => {
+                // Not shadowed (it began before this node shadowed the service, its
+                // SYN was missed, or its offsets are not known yet). The backup's TCP
+                // must not see the primary's numbers; after takeover the client's
+                // segment reaches our TCP, which resets a connection it never had.
+                if gate_open {
+                    return Verdict::Accept;
+                }
+                bump(&s.unmapped);
+                Verdict::Drop
+            }
+        }
+    }
+
+    fn to_client(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
+        if skb.pull(20).is_err() {
+            return Verdict::Accept;
+        }
+        let Ok(ip) = Ipv4Header::parse_headers(skb.head(), skb.len()) else {
+            return Verdict::Accept;
+        };
+        if ip.src != vip {
+            return Verdict::Accept;
+        }
+        let gate_open = self.gate_open();
+        let p = match skb.ipv4_tcp() {
+            Ok(p) if p.tcp.src_port == port => p,
+            // Not the service: nothing from the service address leaves a backup.
+            _ => return if gate_open { Verdict::Accept } else { self.swallow() },
+        };
+        let opts = options(skb.head(), &p).unwrap_or_default();
+        let (syn, ack, fin, rst) = flags(&p);
+        let key = FlowKey { client: p.ip.dst, client_port: p.tcp.dst_port, service: vip, service_port: port };
+        let out = self.shared.with_table(|t| {
+            let c = t.get_mut(&key)?;
+            if syn && ack {
+                c.shadow.on_backup_synack(SynAck::new(p.tcp.seq, &opts));
+            }
+            if !gate_open {
+                return None;
+            }
+            c.shadow.on_backup_close(fin, rst);
+            let m = c.shadow.mapping()?;
+            let ts = opts.timestamp.map(|(v, e)| (c.shadow.outbound_tsval(v), e));
+            Some((m, ts, c.shadow.outbound_window(p.tcp.window)))
+        });
+        if !gate_open {
+            return self.swallow();
+        }
+        if let Some(Some((m, ts, window))) = out {
+            if rewrite_out(skb, m, ts, window, p.tcp.window).is_err() {
+                bump(&self.shared.stats.parse_errors);
+                return Verdict::Drop;
+            }
+            bump(&self.shared.stats.translated_out);
+            skb.set_untracked();
+        }
+        Verdict::Accept
+    }
+
+    fn swallow(&self) -> Verdict {
+        bump(&self.shared.stats.swallowed);
+        Verdict::Consume
+    }
+
+    /// ARP from the service address (answers and announcements) stays in while the
+    /// gate is closed, so clients keep resolving the address to the primary.
+    fn arp_out(&self, skb: &mut SkBuff<'_>, vip: [u8; 4]) -> Verdict {
+        if self.gate_open() {
+            return Verdict::Accept;
+        }
+        // Ethernet/IPv4 ARP: hardware length 6, protocol length 4, sender IP at 14.
+        let mut h = [0u8; 18];
+        if skb.copy_out(0, &mut h).is_err() || h[4] != 6 || h[5] != 4 {
+            return Verdict::Accept;
+        }
+        if h[14..18] == vip {
+            bump(&self.shared.stats.arp_withheld);
+            return Verdict::Drop;
+        }
+        Verdict::Accept
+    }
+}
+
+/// Why a client segment is not mapped.
+enum Refusal {
+    /// No shadow, or its offsets are not known yet.
+    Unknown,
+    /// The table had no room for a new connection.
+    Full,
+}
+
+/// Client → backup: acknowledgment and SACK blocks into the backup's sequence space,
+/// TSecr into its clock.
+fn rewrite_in(skb: &mut SkBuff<'_>, m: Mapping, ts: Option<(u32, u32)>) -> Result<(), ()> {
+    let mut rw = skb.rewriter().map_err(drop)?;
+    let p = *rw.parsed();
+    if p.tcp.flags.has(TcpFlags::ACK) {
+        rw.set_ack(m.seq.unapply(p.tcp.ack));
+    }
+    rw.map_sack(|s: Seq| m.seq.unapply(s)).map_err(drop)?;
+    if let Some((tsval, tsecr)) = ts {
+        rw.set_timestamp(tsval, tsecr).map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// Backup → client after takeover: sequence number into the primary's space, TSval
+/// into its clock, window rescaled if the two sides' shifts differ.
+fn rewrite_out(skb: &mut SkBuff<'_>, m: Mapping, ts: Option<(u32, u32)>, window: u16, old_window: u16) -> Result<(), ()> {
+    let mut rw = skb.rewriter().map_err(drop)?;
+    let p = *rw.parsed();
+    rw.set_seq(m.seq.apply(p.tcp.seq));
+    if let Some((tsval, tsecr)) = ts {
+        rw.set_timestamp(tsval, tsecr).map_err(drop)?;
+    }
+    if window != old_window {
+        rw.set_window(window);
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: GPL-2.0
+//! lazarus_shadow: ST-TCP. A backup node shadows every connection of a protected
+//! service and takes over when the primary fails, without the client noticing.
+//!
+//! Both nodes carry the service address and run the same server program. On the
+//! backup this module
+//! - accepts, at the device's ingress, the client frames addressed to the primary's
+//!   MAC (the segment is a hub, a mirrored switch port or a multicast MAC), and watches
+//!   the primary's SYN-ACKs and timestamps on the wire ([`hooks`]);
+//! - maps each client segment into the backup's sequence and timestamp spaces before
+//!   its TCP sees it ([`lzk::proto::shadow`]);
+//! - withholds everything the backup sends from the service address, and its ARP
+//!   answers for it, until takeover;
+//! - exchanges heartbeats with the primary and reports a failed peer over netlink
+//!   ([`beat`]), where `lazarusd` fences the primary and calls takeover;
+//! - at takeover opens the gate, announces the address, maps its output back into the
+//!   primary's spaces for the rest of each connection's life, and prompts every
+//!   connection so clients resume at once ([`takeover`]).
+//!
+//! On the primary it only exchanges heartbeats.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::{new_mutex, new_spinlock, pin_init};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../rust/lzk/mod.rs"]
+mod lzk;
+
+mod beat;
+mod control;
+mod hooks;
+mod takeover;
+
+use lzk::bh::BhGuard;
+use lzk::proto::flowtab::{FlowTable, Slot};
+use lzk::proto::genl_shadow::{peer_state, role};
+use lzk::proto::shadow::Shadow;
+
+module! {
+    type: LazarusShadow,
+    name: "lazarus_shadow",
+    author: "Lazarus developers",
+    description: "Lazarus shadow: ST-TCP active backup and takeover",
+    license: "GPL",
+}
+
+/// Module version reported over netlink.
+pub(crate) const VERSION: &core::ffi::CStr = c"0.1.0";
+
+/// A finished connection's shadow is kept this long for late retransmissions.
+const FINISHED_LINGER_MS: u64 = 60_000;
+/// A connection with no segment for this long is forgotten.
+const IDLE_FORGET_MS: u64 = 2 * 3600 * 1000;
+
+/// One connection in the table.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Conn {
+    pub(crate) shadow: Shadow,
+    /// Last time a segment of the connection passed (monotonic ms).
+    pub(crate) last_ms: u64,
+}
+
+pub(crate) type Table = FlowTable<Conn, KVVec<Slot<Conn>>>;
+
+/// Counters, all monotonic.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) client_segments: AtomicU64,
+    pub(crate) swallowed: AtomicU64,
+    pub(crate) translated_in: AtomicU64,
+    pub(crate) translated_out: AtomicU64,
+    pub(crate) unmapped: AtomicU64,
+    pub(crate) table_full: AtomicU64,
+    pub(crate) options_mismatch: AtomicU64,
+    pub(crate) arp_withheld: AtomicU64,
+    pub(crate) beats_sent: AtomicU64,
+    pub(crate) beats_received: AtomicU64,
+    pub(crate) beats_rejected: AtomicU64,
+    pub(crate) prompts: AtomicU64,
+    pub(crate) parse_errors: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The service as configured; fixed while it is live.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Config {
+    pub(crate) role: u8,
+    pub(crate) vip: [u8; 4],
+    pub(crate) port: u16,
+    pub(crate) peer: [u8; 4],
+    pub(crate) beat_port: u16,
+    pub(crate) ifname: [u8; lzk::dev::IFNAME_MAX + 1],
+    pub(crate) max_conns: u32,
+}
+
+impl Config {
+    pub(crate) fn ifname(&self) -> &[u8] {
+        let n = self.ifname.iter().position(|&c| c == 0).unwrap_or(self.ifname.len());
+        &self.ifname[..n]
+    }
+}
+
+/// What runs while a service is configured. Dropping it stops the heartbeat thread,
+/// unregisters the hooks (waiting for running ones) and leaves promiscuous mode.
+pub(crate) struct Live {
+    pub(crate) config: Config,
+    pub(crate) dev: Option<lzk::dev::NetDevice>,
+    // Field order is drop order: the thread and hooks go before the device.
+    pub(crate) _beat: lzk::kthread::Thread<beat::Beater>,
+    pub(crate) _hooks: Option<lzk::netfilter::Registration<hooks::Handler>>,
+    pub(crate) promisc: Option<lzk::dev::NetDevice>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(d) = &self.promisc {
+            let _ = d.promiscuity(-1);
+        }
+    }
+}
+
+/// State shared by the hooks, the heartbeat thread and the netlink family.
+///
+/// # Invariants
+///
+/// The packet path reads only atomics and `table` (under [`BhGuard`] + the spinlock,
+/// never sleeping). `port` is nonzero exactly while a service is configured and `table`
+/// holds its connection table; configuration changes are serialized by `live` and run
+/// in process context.
+#[pin_data]
+pub(crate) struct Shared {
+    /// Service port, 0 while unconfigured (the hooks then do nothing).
+    pub(crate) port: AtomicU32,
+    /// Service address, network-order bytes as a native u32.
+    pub(crate) vip: AtomicU32,
+    pub(crate) role: AtomicU8,
+    pub(crate) gate_open: AtomicBool,
+    pub(crate) heartbeat_ms: AtomicU32,
+    pub(crate) peer_state: AtomicU8,
+    /// Monotonic ms of the last fresh heartbeat, 0 before the first.
+    pub(crate) last_beat_ms: AtomicU64,
+    pub(crate) stats: Stats,
+    #[pin]
+    pub(crate) table: SpinLock<Option<Table>>,
+    #[pin]
+    pub(crate) live: Mutex<Option<Live>>,
+}
+
+/// Monotonic milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    // SAFETY: `ktime_get` may be called from any context.
+    (unsafe { kernel::bindings::ktime_get() } / 1_000_000) as u64
+}
+
+impl Shared {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Shared {
+            port: AtomicU32::new(0),
+            vip: AtomicU32::new(0),
+            role: AtomicU8::new(role::NONE),
+            gate_open: AtomicBool::new(false),
+            heartbeat_ms: AtomicU32::new(100),
+            peer_state: AtomicU8::new(peer_state::UNKNOWN),
+            last_beat_ms: AtomicU64::new(0),
+            stats: Stats::default(),
+            table <- new_spinlock!(None),
+            live <- new_mutex!(None),
+        })
+    }
+
+    /// Run `f` on the connection table, if a service is configured. Any context.
+    pub(crate) fn with_table<R>(&self, f: impl FnOnce(&mut Table) -> R) -> Option<R> {
+        let _bh = BhGuard::new();
+        let mut t = self.table.lock();
+        t.as_mut().map(f)
+    }
+
+    /// Connections in the table.
+    pub(crate) fn conns(&self) -> u32 {
+        self.with_table(|t| t.len() as u32).unwrap_or(0)
+    }
+
+    /// Forget finished and long-idle connections. Any context.
+    pub(crate) fn collect_garbage(&self, now: u64) {
+        self.with_table(|t| {
+            t.retain(|_, c| {
+                let idle = now.saturating_sub(c.last_ms);
+                !(c.shadow.finished() && idle > FINISHED_LINGER_MS) && idle < IDLE_FORGET_MS
+            })
+        });
+    }
+
+    /// Tear the service down: stop the thread and hooks, then drop the table.
+    /// Process context.
+    pub(crate) fn deconfigure(&self) -> bool {
+        let mut live = self.live.lock();
+        let Some(old) = live.take() else {
+            return false;
+        };
+        self.port.store(0, Ordering::Release);
+        drop(old);
+        self.gate_open.store(false, Ordering::Relaxed);
+        self.role.store(role::NONE, Ordering::Relaxed);
+        self.peer_state.store(peer_state::UNKNOWN, Ordering::Relaxed);
+        self.last_beat_ms.store(0, Ordering::Relaxed);
+        // No hook runs any more; free the table outside the spinlock (it may be
+        // vmalloc'd, and freeing that must not happen with bottom halves off).
+        let table = {
+            let _bh = BhGuard::new();
+            self.table.lock().take()
+        };
+        drop(table);
+        true
+    }
+}
+
+struct LazarusShadow {
+    shared: Arc<Shared>,
+    _family: lzk::genl::Registration<control::Control>,
+}
+
+impl kernel::Module for LazarusShadow {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let shared = Arc::pin_init(Shared::new(), GFP_KERNEL)?;
+        let family = control::register(module, shared.clone())?;
+        pr_info!("loaded (version {})\n", VERSION.to_str().unwrap_or("?"));
+        Ok(LazarusShadow { shared, _family: family })
+    }
+}
+
+impl Drop for LazarusShadow {
+    fn drop(&mut self) {
+        // Before the family is unregistered (fields drop after this): the heartbeat
+        // thread holds a notifier of the family.
+        self.shared.deconfigure();
+        pr_info!("unloaded\n");
+    }
+}
