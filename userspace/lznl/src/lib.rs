@@ -1,8 +1,13 @@
-//! Client for the `lazarus_core` generic netlink family, shared by `lzctl` and
-//! `lazarusd`. Constants come from `lazarus_proto::genl_core`, generated from the same
-//! YAML spec as the kernel module's.
+//! Client for the Lazarus generic netlink families, shared by `lzctl` and `lazarusd`:
+//! [`Client`] and [`Monitor`] for `lazarus_core`, [`ShadowClient`] and [`ShadowMonitor`]
+//! for `lazarus_shadow`. Constants come from `lazarus_proto::genl_core` and
+//! `lazarus_proto::genl_shadow`, generated from the same YAML specs as the kernel
+//! modules'.
 
 pub mod attrs;
+mod shadow;
+
+pub use shadow::{conn_flags, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStats, ShadowStatus, TakeoverReply};
 
 use attrs::{AttrIter, Attrs};
 use lazarus_proto::genl_core::{self as spec, cmd, core_attr as a, port_stats_attr as ps};
@@ -22,7 +27,8 @@ use std::net::Ipv4Addr;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The family is not registered: the module is not loaded.
-    #[error("the {0} family is not registered (is the lazarus_core module loaded?)")]
+    /// Each family is registered by the module of the same name.
+    #[error("the {0} family is not registered (is the {0} module loaded?)")]
     NoFamily(&'static str),
     /// The kernel refused the request.
     #[error("{}{}", std::io::Error::from_raw_os_error(*.errno), .message.as_ref().map(|m| format!(": {m}")).unwrap_or_default())]
@@ -128,30 +134,35 @@ pub struct Event {
     pub enabled: Option<bool>,
 }
 
-/// A connection to the `lazarus_core` family.
-pub struct Client {
+/// A request socket bound to one generic netlink family, resolved by name.
+pub(crate) struct Genl {
     socket: NlSocketHandle,
     family: u16,
+    version: u8,
     seq: std::sync::atomic::AtomicU32,
 }
 
-impl Client {
-    /// Connect and resolve the family.
-    pub fn connect() -> Result<Self, Error> {
+impl Genl {
+    /// Connect and resolve family `name`; requests carry `version` in their header.
+    pub(crate) fn connect(name: &'static str, version: u8) -> Result<Self, Error> {
         let (router, _) = NlRouter::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| Error::Netlink(e.to_string()))?;
-        let family = router.resolve_genl_family(spec::FAMILY_NAME).map_err(|_| Error::NoFamily(spec::FAMILY_NAME))?;
+        let family = router.resolve_genl_family(name).map_err(|_| Error::NoFamily(name))?;
         let socket = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| Error::Netlink(e.to_string()))?;
         socket.enable_ext_ack(true).map_err(|e| Error::Netlink(e.to_string()))?;
-        Ok(Client { socket, family, seq: std::sync::atomic::AtomicU32::new(1) })
+        Ok(Genl { socket, family, version, seq: std::sync::atomic::AtomicU32::new(1) })
+    }
+
+    /// The family id the kernel assigned (it changes when the module is reloaded).
+    pub(crate) fn family_id(&self) -> u16 {
+        self.family
     }
 
     /// Send a request with raw attributes; returns the reply messages' attributes.
-    /// Used directly by tests that need malformed requests.
     ///
     /// Requests go through a plain socket rather than neli's router: the router drops
     /// the kernel's extended-ack messages when it converts errors, and those messages
     /// are what tells an operator which attribute was wrong.
-    pub fn request(&self, command: u8, attrs: &[RawAttr], dump: bool) -> Result<Vec<Attrs>, Error> {
+    pub(crate) fn request(&self, command: u8, attrs: &[RawAttr], dump: bool) -> Result<Vec<Attrs>, Error> {
         let mut buf = GenlBuffer::<u16, Buffer>::new();
         for at in attrs {
             let nla = NlattrBuilder::default()
@@ -163,7 +174,7 @@ impl Client {
         }
         let hdr = GenlmsghdrBuilder::<u8, u16, NoUserHeader>::default()
             .cmd(command)
-            .version(spec::FAMILY_VERSION)
+            .version(self.version)
             .attrs(buf)
             .build()
             .map_err(|e| Error::Netlink(e.to_string()))?;
@@ -193,10 +204,7 @@ impl Client {
                     return Ok(out);
                 }
                 match m.nl_payload() {
-                    NlPayload::Payload(p) => {
-                        let raw = p.attrs().iter().map(|at| (u16::from(*at.nla_type().nla_type()), at.nla_payload().as_ref().to_vec())).collect();
-                        out.push(Attrs::from_pairs(raw));
-                    }
+                    NlPayload::Payload(p) => out.push(payload_attrs(p)),
                     NlPayload::Ack(_) => return Ok(out),
                     NlPayload::Err(e) => return Err(kernel_error(*e.error(), e.ext_ack())),
                     _ => {}
@@ -205,8 +213,44 @@ impl Client {
         }
     }
 
-    fn one(&self, command: u8, attrs: &[RawAttr]) -> Result<Attrs, Error> {
+    /// A request answered by exactly one message.
+    pub(crate) fn one(&self, command: u8, attrs: &[RawAttr]) -> Result<Attrs, Error> {
         self.request(command, attrs, false)?.into_iter().next().ok_or(Error::Reply("no reply message"))
+    }
+}
+
+fn payload_attrs(p: &Genlmsghdr<u8, u16, NoUserHeader>) -> Attrs {
+    Attrs::from_pairs(p.attrs().iter().map(|at| (*at.nla_type().nla_type(), at.nla_payload().as_ref().to_vec())).collect())
+}
+
+/// The name of enum value `v` in a generated `NAMES` table starting at `first`, or
+/// `unknown-<v>` for a value this build does not know.
+pub(crate) fn enum_name(names: &[&str], first: u8, v: u8) -> String {
+    v.checked_sub(first)
+        .and_then(|i| names.get(i as usize))
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("unknown-{v}"))
+}
+
+/// A connection to the `lazarus_core` family.
+pub struct Client {
+    genl: Genl,
+}
+
+impl Client {
+    /// Connect and resolve the family.
+    pub fn connect() -> Result<Self, Error> {
+        Ok(Client { genl: Genl::connect(spec::FAMILY_NAME, spec::FAMILY_VERSION)? })
+    }
+
+    /// Send a request with raw attributes; returns the reply messages' attributes.
+    /// Used directly by tests that need malformed requests.
+    pub fn request(&self, command: u8, attrs: &[RawAttr], dump: bool) -> Result<Vec<Attrs>, Error> {
+        self.genl.request(command, attrs, dump)
+    }
+
+    fn one(&self, command: u8, attrs: &[RawAttr]) -> Result<Attrs, Error> {
+        self.genl.one(command, attrs)
     }
 
     /// Module status.
@@ -272,8 +316,13 @@ impl Client {
     }
 }
 
+/// The attributes inside a nest.
+pub(crate) fn nest_attrs(nest: &[u8]) -> Attrs {
+    Attrs::from_pairs(AttrIter::new(nest).map(|(t, p)| (t, p.to_vec())).collect())
+}
+
 fn parse_stats(nest: &[u8]) -> Result<PortStats, Error> {
-    let n = Attrs::from_pairs(AttrIter::new(nest).map(|(t, p)| (t, p.to_vec())).collect());
+    let n = nest_attrs(nest);
     Ok(PortStats {
         port: n.u16(ps::PORT).ok_or(Error::Reply("port"))?,
         packets_in: n.u64(ps::PACKETS_IN).ok_or(Error::Reply("packets-in"))?,
@@ -283,25 +332,24 @@ fn parse_stats(nest: &[u8]) -> Result<PortStats, Error> {
     })
 }
 
-/// Receives config notifications from the events group.
-pub struct Monitor {
+/// A membership of one family's multicast group; yields the notifications it carries.
+pub(crate) struct Events {
     router: NlRouter,
     receiver: neli::router::synchronous::NlRouterReceiverHandle<u16, Genlmsghdr<u8, u16, NoUserHeader>>,
 }
 
-impl Monitor {
-    /// Join the events group.
-    pub fn join() -> Result<Self, Error> {
+impl Events {
+    /// Join multicast group `group` of family `family`.
+    pub(crate) fn join(family: &'static str, group: &str) -> Result<Self, Error> {
         let (router, receiver) = NlRouter::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| Error::Netlink(e.to_string()))?;
-        let group = router
-            .resolve_nl_mcast_group(spec::FAMILY_NAME, spec::MCAST_GROUPS[spec::MCGRP_EVENTS as usize])
-            .map_err(|_| Error::NoFamily(spec::FAMILY_NAME))?;
-        router.add_mcast_membership(Groups::new_groups(&[group])).map_err(router_error)?;
-        Ok(Monitor { router, receiver })
+        let id = router.resolve_nl_mcast_group(family, group).map_err(|_| Error::NoFamily(family))?;
+        router.add_mcast_membership(Groups::new_groups(&[id])).map_err(router_error)?;
+        Ok(Events { router, receiver })
     }
 
-    /// Wait for the next notification.
-    pub fn next_event(&mut self) -> Result<Event, Error> {
+    /// Wait for the next message with command `command` and return its attributes.
+    /// Blocks without polling.
+    pub(crate) fn next(&mut self, command: u8) -> Result<Attrs, Error> {
         let _ = &self.router;
         loop {
             let m: Msg = self
@@ -310,18 +358,52 @@ impl Monitor {
                 .ok_or(Error::Netlink("event stream closed".into()))?
                 .map_err(router_error)?;
             let Some(p) = m.get_payload() else { continue };
-            if *p.cmd() != cmd::CONFIG_NTF {
+            if *p.cmd() != command {
                 continue;
             }
-            let raw: Vec<_> = p.attrs().iter().map(|at| (u16::from(*at.nla_type().nla_type()), at.nla_payload().as_ref().to_vec())).collect();
-            let r = Attrs::from_pairs(raw);
-            let ev = r.u8(a::EVENT).ok_or(Error::Reply("event"))?;
-            let name = ev
-                .checked_sub(spec::event::FIRST)
-                .and_then(|i| spec::event::NAMES.get(i as usize))
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("unknown-{ev}"));
-            return Ok(Event { event: name, port: r.u16(a::PORT), enabled: r.u8(a::ENABLED).map(|v| v != 0) });
+            return Ok(payload_attrs(p));
         }
+    }
+}
+
+/// Receives config notifications from the `lazarus_core` events group.
+pub struct Monitor {
+    events: Events,
+}
+
+impl Monitor {
+    /// Join the events group.
+    pub fn join() -> Result<Self, Error> {
+        Ok(Monitor { events: Events::join(spec::FAMILY_NAME, spec::MCAST_GROUPS[spec::MCGRP_EVENTS as usize])? })
+    }
+
+    /// Wait for the next notification.
+    pub fn next_event(&mut self) -> Result<Event, Error> {
+        let r = self.events.next(cmd::CONFIG_NTF)?;
+        let ev = r.u8(a::EVENT).ok_or(Error::Reply("event"))?;
+        let name = enum_name(spec::event::NAMES, spec::event::FIRST, ev);
+        Ok(Event { event: name, port: r.u16(a::PORT), enabled: r.u8(a::ENABLED).map(|v| v != 0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_family_names_the_module() {
+        assert_eq!(
+            Error::NoFamily("lazarus_shadow").to_string(),
+            "the lazarus_shadow family is not registered (is the lazarus_shadow module loaded?)"
+        );
+        assert!(Error::NoFamily(spec::FAMILY_NAME).to_string().contains("lazarus_core module"));
+    }
+
+    #[test]
+    fn enum_names() {
+        assert_eq!(enum_name(spec::event::NAMES, spec::event::FIRST, spec::event::FIRST), spec::event::NAMES[0]);
+        assert_eq!(enum_name(&["a", "b"], 1, 2), "b");
+        assert_eq!(enum_name(&["a", "b"], 1, 0), "unknown-0");
+        assert_eq!(enum_name(&["a", "b"], 1, 3), "unknown-3");
     }
 }

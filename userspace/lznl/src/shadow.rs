@@ -1,0 +1,602 @@
+//! Client for the `lazarus_shadow` generic netlink family (ST-TCP): a backup node
+//! shadows every connection of a service and takes over when the primary fails.
+//! Constants come from `lazarus_proto::genl_shadow`.
+//!
+//! On the wire, addresses are big-endian u32 (the octets in order), other integers
+//! are in host order, `ifname` is NUL-terminated.
+
+use crate::attrs::Attrs;
+use crate::{enum_name, nest_attrs, Error, Events, Genl, RawAttr};
+use lazarus_proto::genl_shadow::{self as spec, cmd, conn_attr as c, shadow_attr as a, stats_attr as st};
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+/// Bits of a connection's `flags` attribute.
+pub mod conn_flags {
+    /// The client sent FIN.
+    pub const CLIENT_FIN: u8 = 1 << 0;
+    /// The server side sent FIN.
+    pub const SERVER_FIN: u8 = 1 << 1;
+    /// Either side sent RST.
+    pub const RST: u8 = 1 << 2;
+    /// The two SYN-ACKs disagreed on window scale, SACK or timestamps.
+    pub const OPTIONS_MISMATCH: u8 = 1 << 3;
+}
+
+/// A node's role for the shadowed service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowRole {
+    /// No service configured.
+    None,
+    /// Serves the clients.
+    Primary,
+    /// Shadows every connection silently and takes over when the primary fails.
+    Backup,
+}
+
+impl ShadowRole {
+    /// The wire value.
+    pub fn code(self) -> u8 {
+        match self {
+            ShadowRole::None => spec::role::NONE,
+            ShadowRole::Primary => spec::role::PRIMARY,
+            ShadowRole::Backup => spec::role::BACKUP,
+        }
+    }
+
+    /// From the wire value.
+    pub fn from_code(v: u8) -> Option<Self> {
+        match v {
+            spec::role::NONE => Some(ShadowRole::None),
+            spec::role::PRIMARY => Some(ShadowRole::Primary),
+            spec::role::BACKUP => Some(ShadowRole::Backup),
+            _ => None,
+        }
+    }
+
+    /// The spec's name: `none`, `primary` or `backup`.
+    pub fn name(self) -> &'static str {
+        spec::role::NAMES[(self.code() - spec::role::FIRST) as usize]
+    }
+}
+
+impl fmt::Display for ShadowRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ShadowRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [ShadowRole::None, ShadowRole::Primary, ShadowRole::Backup]
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("\"{s}\" is not none, primary or backup"))
+    }
+}
+
+impl Serialize for ShadowRole {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Counters of the shadow module.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ShadowStats {
+    pub client_segments: u64,
+    pub swallowed: u64,
+    pub translated_in: u64,
+    pub translated_out: u64,
+    pub unmapped: u64,
+    pub table_full: u64,
+    pub options_mismatch: u64,
+    pub arp_withheld: u64,
+    pub beats_sent: u64,
+    pub beats_received: u64,
+    pub beats_rejected: u64,
+    pub prompts: u64,
+    pub parse_errors: u64,
+}
+
+impl ShadowStats {
+    fn from_nest(nest: &[u8]) -> Result<Self, Error> {
+        let n = nest_attrs(nest);
+        let get = |id, name| n.u64(id).ok_or(Error::Reply(name));
+        Ok(ShadowStats {
+            client_segments: get(st::CLIENT_SEGMENTS, "stats.client-segments")?,
+            swallowed: get(st::SWALLOWED, "stats.swallowed")?,
+            translated_in: get(st::TRANSLATED_IN, "stats.translated-in")?,
+            translated_out: get(st::TRANSLATED_OUT, "stats.translated-out")?,
+            unmapped: get(st::UNMAPPED, "stats.unmapped")?,
+            table_full: get(st::TABLE_FULL, "stats.table-full")?,
+            options_mismatch: get(st::OPTIONS_MISMATCH, "stats.options-mismatch")?,
+            arp_withheld: get(st::ARP_WITHHELD, "stats.arp-withheld")?,
+            beats_sent: get(st::BEATS_SENT, "stats.beats-sent")?,
+            beats_received: get(st::BEATS_RECEIVED, "stats.beats-received")?,
+            beats_rejected: get(st::BEATS_REJECTED, "stats.beats-rejected")?,
+            prompts: get(st::PROMPTS, "stats.prompts")?,
+            parse_errors: get(st::PARSE_ERRORS, "stats.parse-errors")?,
+        })
+    }
+}
+
+/// Status of the shadow module (the `get-status` reply).
+///
+/// The service attributes are `None` when the module did not report them (no service
+/// configured).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowStatus {
+    pub version: String,
+    /// `none`, `primary` or `backup`.
+    pub role: String,
+    pub service_addr: Option<Ipv4Addr>,
+    pub service_port: Option<u16>,
+    pub peer_addr: Option<Ipv4Addr>,
+    pub beat_port: Option<u16>,
+    pub ifname: Option<String>,
+    pub heartbeat_ms: Option<u32>,
+    pub max_conns: Option<u32>,
+    /// This node's output for the service reaches clients.
+    pub gate_open: bool,
+    /// `unknown`, `alive` or `failed`.
+    pub peer_state: String,
+    /// Milliseconds since the last fresh heartbeat; `None` before the first one.
+    pub peer_silence_ms: Option<u32>,
+    /// Connections in the table.
+    pub conns: u32,
+    pub stats: ShadowStats,
+}
+
+impl ShadowStatus {
+    /// Decode a `get-status` reply.
+    pub fn from_attrs(r: &Attrs) -> Result<Self, Error> {
+        let role = r.u8(a::ROLE).ok_or(Error::Reply("role"))?;
+        let peer_state = r.u8(a::PEER_STATE).ok_or(Error::Reply("peer-state"))?;
+        Ok(ShadowStatus {
+            version: r.string(a::VERSION).ok_or(Error::Reply("version"))?,
+            role: enum_name(spec::role::NAMES, spec::role::FIRST, role),
+            service_addr: ipv4(r, a::SERVICE_ADDR),
+            service_port: r.u16(a::SERVICE_PORT),
+            peer_addr: ipv4(r, a::PEER_ADDR),
+            beat_port: r.u16(a::BEAT_PORT),
+            ifname: r.string(a::IFNAME).filter(|s| !s.is_empty()),
+            heartbeat_ms: r.u32(a::HEARTBEAT_MS),
+            max_conns: r.u32(a::MAX_CONNS),
+            gate_open: r.u8(a::GATE_OPEN).ok_or(Error::Reply("gate-open"))? != 0,
+            peer_state: enum_name(spec::peer_state::NAMES, spec::peer_state::FIRST, peer_state),
+            peer_silence_ms: r.u32(a::PEER_SILENCE_MS),
+            conns: r.u32(a::CONNS).ok_or(Error::Reply("conns"))?,
+            stats: ShadowStats::from_nest(r.get(a::STATS).ok_or(Error::Reply("stats"))?)?,
+        })
+    }
+
+    /// The role as an enum; `None` for a value this build does not know.
+    pub fn role(&self) -> Option<ShadowRole> {
+        self.role.parse().ok()
+    }
+
+    /// The service address and port, when both were reported.
+    pub fn service(&self) -> Option<SocketAddrV4> {
+        Some(SocketAddrV4::new(self.service_addr?, self.service_port?))
+    }
+}
+
+/// A `configure` request. Only the fields that are set are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowConfig {
+    pub role: ShadowRole,
+    pub service: Option<SocketAddrV4>,
+    pub peer: Option<Ipv4Addr>,
+    pub beat_port: Option<u16>,
+    pub ifname: Option<String>,
+    pub heartbeat_ms: Option<u32>,
+    pub max_conns: Option<u32>,
+}
+
+impl ShadowConfig {
+    /// A request with only the role set.
+    pub fn new(role: ShadowRole) -> Self {
+        ShadowConfig { role, service: None, peer: None, beat_port: None, ifname: None, heartbeat_ms: None, max_conns: None }
+    }
+
+    /// The request's attributes.
+    pub fn attrs(&self) -> Vec<RawAttr> {
+        let mut v = vec![RawAttr::u8(a::ROLE, self.role.code())];
+        if let Some(s) = self.service {
+            v.push(RawAttr { id: a::SERVICE_ADDR, payload: s.ip().octets().to_vec() });
+            v.push(RawAttr::u16(a::SERVICE_PORT, s.port()));
+        }
+        if let Some(p) = self.peer {
+            v.push(RawAttr { id: a::PEER_ADDR, payload: p.octets().to_vec() });
+        }
+        if let Some(p) = self.beat_port {
+            v.push(RawAttr::u16(a::BEAT_PORT, p));
+        }
+        if let Some(d) = &self.ifname {
+            let mut payload = d.as_bytes().to_vec();
+            payload.push(0);
+            v.push(RawAttr { id: a::IFNAME, payload });
+        }
+        if let Some(h) = self.heartbeat_ms {
+            v.push(RawAttr::u32(a::HEARTBEAT_MS, h));
+        }
+        if let Some(m) = self.max_conns {
+            v.push(RawAttr::u32(a::MAX_CONNS, m));
+        }
+        v
+    }
+}
+
+/// The `takeover` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TakeoverReply {
+    /// Connections now served by this node.
+    pub conns: u32,
+    /// Time the takeover itself took in the kernel (gate, prompts).
+    pub takeover_ms: u32,
+}
+
+/// One shadowed connection (a `conn-get` dump entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowConn {
+    pub client_addr: Ipv4Addr,
+    pub client_port: u16,
+    /// The offsets are known.
+    pub mapped: bool,
+    /// Primary sequence number minus the backup's.
+    pub seq_offset: Option<u32>,
+    /// Primary timestamp clock minus the backup's.
+    pub ts_offset: Option<u32>,
+    /// One past the last client byte seen.
+    pub client_next: Option<u32>,
+    /// Highest acknowledgment from the client (primary space).
+    pub client_acked: Option<u32>,
+    /// The raw flags; decoded below.
+    pub flags: u8,
+    pub client_fin: bool,
+    pub server_fin: bool,
+    pub rst: bool,
+    pub options_mismatch: bool,
+}
+
+impl ShadowConn {
+    /// Decode one `conn` nest.
+    pub fn from_nest(nest: &[u8]) -> Result<Self, Error> {
+        let n = nest_attrs(nest);
+        let flags = n.u8(c::FLAGS).unwrap_or(0);
+        Ok(ShadowConn {
+            client_addr: ipv4(&n, c::CLIENT_ADDR).ok_or(Error::Reply("conn.client-addr"))?,
+            client_port: n.u16(c::CLIENT_PORT).ok_or(Error::Reply("conn.client-port"))?,
+            mapped: n.u8(c::MAPPED).is_some_and(|v| v != 0),
+            seq_offset: n.u32(c::SEQ_OFFSET),
+            ts_offset: n.u32(c::TS_OFFSET),
+            client_next: n.u32(c::CLIENT_NEXT),
+            client_acked: n.u32(c::CLIENT_ACKED),
+            flags,
+            client_fin: flags & conn_flags::CLIENT_FIN != 0,
+            server_fin: flags & conn_flags::SERVER_FIN != 0,
+            rst: flags & conn_flags::RST != 0,
+            options_mismatch: flags & conn_flags::OPTIONS_MISMATCH != 0,
+        })
+    }
+
+    /// The set flags as short words (`client-fin`, `server-fin`, `rst`,
+    /// `options-mismatch`, and `0x..` for bits this build does not know).
+    pub fn flag_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = [
+            (self.client_fin, "client-fin"),
+            (self.server_fin, "server-fin"),
+            (self.rst, "rst"),
+            (self.options_mismatch, "options-mismatch"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| n.to_string())
+        .collect();
+        let unknown = self.flags & !(conn_flags::CLIENT_FIN | conn_flags::SERVER_FIN | conn_flags::RST | conn_flags::OPTIONS_MISMATCH);
+        if unknown != 0 {
+            v.push(format!("{unknown:#04x}"));
+        }
+        v
+    }
+}
+
+/// A notification from the shadow events group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShadowEvent {
+    /// `configured`, `deconfigured`, `peer-alive`, `peer-failed` or `takeover`.
+    pub event: String,
+    /// The wire value of `event` (see `lazarus_proto::genl_shadow::event`).
+    #[serde(skip)]
+    pub code: u8,
+    pub role: Option<String>,
+    pub peer_state: Option<String>,
+    pub peer_addr: Option<Ipv4Addr>,
+    pub peer_silence_ms: Option<u32>,
+    pub conns: Option<u32>,
+}
+
+impl ShadowEvent {
+    /// Decode a `shadow-ntf` message.
+    pub fn from_attrs(r: &Attrs) -> Result<Self, Error> {
+        let code = r.u8(a::EVENT).ok_or(Error::Reply("event"))?;
+        Ok(ShadowEvent {
+            event: enum_name(spec::event::NAMES, spec::event::FIRST, code),
+            code,
+            role: r.u8(a::ROLE).map(|v| enum_name(spec::role::NAMES, spec::role::FIRST, v)),
+            peer_state: r.u8(a::PEER_STATE).map(|v| enum_name(spec::peer_state::NAMES, spec::peer_state::FIRST, v)),
+            peer_addr: ipv4(r, a::PEER_ADDR),
+            peer_silence_ms: r.u32(a::PEER_SILENCE_MS),
+            conns: r.u32(a::CONNS),
+        })
+    }
+
+    /// The heartbeats say the peer has failed.
+    pub fn is_peer_failed(&self) -> bool {
+        self.code == spec::event::PEER_FAILED
+    }
+}
+
+/// A big-endian IPv4 address attribute.
+fn ipv4(r: &Attrs, id: u16) -> Option<Ipv4Addr> {
+    let b: [u8; 4] = r.get(id)?.get(..4)?.try_into().ok()?;
+    Some(Ipv4Addr::from(b))
+}
+
+/// A connection to the `lazarus_shadow` family.
+pub struct ShadowClient {
+    genl: Genl,
+}
+
+impl ShadowClient {
+    /// Connect and resolve the family.
+    pub fn connect() -> Result<Self, Error> {
+        Ok(ShadowClient { genl: Genl::connect(spec::FAMILY_NAME, spec::FAMILY_VERSION)? })
+    }
+
+    /// The family id the kernel assigned; a new one means the module was reloaded.
+    pub fn family_id(&self) -> u16 {
+        self.genl.family_id()
+    }
+
+    /// Send a request with raw attributes; returns the reply messages' attributes.
+    pub fn request(&self, command: u8, attrs: &[RawAttr], dump: bool) -> Result<Vec<Attrs>, Error> {
+        self.genl.request(command, attrs, dump)
+    }
+
+    /// Role, service, gate, peer state and counters.
+    pub fn status(&self) -> Result<ShadowStatus, Error> {
+        ShadowStatus::from_attrs(&self.genl.one(cmd::GET_STATUS, &[])?)
+    }
+
+    /// Set up the service (role primary or backup), change the heartbeat interval of a
+    /// configured one, or drop it (role none).
+    pub fn configure(&self, config: &ShadowConfig) -> Result<(), Error> {
+        self.genl.request(cmd::CONFIGURE, &config.attrs(), false).map(drop)
+    }
+
+    /// Drop the service and every shadow (configure with role none).
+    pub fn deconfigure(&self) -> Result<(), Error> {
+        self.configure(&ShadowConfig::new(ShadowRole::None))
+    }
+
+    /// Open the output gate and serve every shadowed connection. The primary must be
+    /// fenced first.
+    pub fn takeover(&self) -> Result<TakeoverReply, Error> {
+        let r = self.genl.one(cmd::TAKEOVER, &[])?;
+        Ok(TakeoverReply {
+            conns: r.u32(a::CONNS).ok_or(Error::Reply("conns"))?,
+            takeover_ms: r.u32(a::TAKEOVER_MS).ok_or(Error::Reply("takeover-ms"))?,
+        })
+    }
+
+    /// The connection table.
+    pub fn conns(&self) -> Result<Vec<ShadowConn>, Error> {
+        let mut out = Vec::new();
+        for r in self.genl.request(cmd::CONN_GET, &[], true)? {
+            for nest in r.all(a::CONN) {
+                out.push(ShadowConn::from_nest(nest)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Receives notifications from the `lazarus_shadow` events group.
+pub struct ShadowMonitor {
+    events: Events,
+}
+
+impl ShadowMonitor {
+    /// Join the events group.
+    pub fn join() -> Result<Self, Error> {
+        Ok(ShadowMonitor { events: Events::join(spec::FAMILY_NAME, spec::MCAST_GROUPS[spec::MCGRP_EVENTS as usize])? })
+    }
+
+    /// Wait for the next notification (blocks without polling).
+    pub fn next_event(&mut self) -> Result<ShadowEvent, Error> {
+        ShadowEvent::from_attrs(&self.events.next(cmd::SHADOW_NTF)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nla(ty: u16, p: &[u8]) -> Vec<u8> {
+        let mut v = ((4 + p.len()) as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(p);
+        v.resize(v.len().next_multiple_of(4), 0);
+        v
+    }
+
+    fn stats_nest() -> Vec<u8> {
+        (1..=st::MAX).flat_map(|id| nla(id, &(id as u64 * 10).to_ne_bytes())).collect()
+    }
+
+    fn attrs(pairs: Vec<(u16, Vec<u8>)>) -> Attrs {
+        Attrs::from_pairs(pairs)
+    }
+
+    #[test]
+    fn roles() {
+        for r in [ShadowRole::None, ShadowRole::Primary, ShadowRole::Backup] {
+            assert_eq!(ShadowRole::from_code(r.code()), Some(r));
+            assert_eq!(r.name().parse::<ShadowRole>(), Ok(r));
+        }
+        assert_eq!(ShadowRole::Backup.to_string(), "backup");
+        assert_eq!(ShadowRole::from_code(3), None);
+        assert!("master".parse::<ShadowRole>().unwrap_err().contains("\"master\""));
+    }
+
+    #[test]
+    fn configure_sends_only_what_is_set() {
+        let only = ShadowConfig::new(ShadowRole::None).attrs();
+        assert_eq!(only.len(), 1);
+        assert_eq!((only[0].id, only[0].payload.as_slice()), (a::ROLE, &[spec::role::NONE][..]));
+
+        let mut c = ShadowConfig::new(ShadowRole::Backup);
+        c.service = Some("10.77.0.100:8080".parse().unwrap());
+        c.peer = Some(Ipv4Addr::new(10, 77, 0, 11));
+        c.ifname = Some("lz0".into());
+        c.heartbeat_ms = Some(50);
+        let v = c.attrs();
+        let get = |id| v.iter().find(|x| x.id == id).map(|x| x.payload.clone());
+        assert_eq!(get(a::ROLE), Some(vec![spec::role::BACKUP]));
+        assert_eq!(get(a::SERVICE_ADDR), Some(vec![10, 77, 0, 100]), "addresses are big-endian");
+        assert_eq!(get(a::SERVICE_PORT), Some(8080u16.to_ne_bytes().to_vec()), "ports are host order");
+        assert_eq!(get(a::PEER_ADDR), Some(vec![10, 77, 0, 11]));
+        assert_eq!(get(a::IFNAME), Some(b"lz0\0".to_vec()), "ifname is NUL-terminated");
+        assert_eq!(get(a::HEARTBEAT_MS), Some(50u32.to_ne_bytes().to_vec()));
+        assert_eq!(get(a::BEAT_PORT), None);
+        assert_eq!(get(a::MAX_CONNS), None);
+        assert_eq!(v.len(), 6);
+    }
+
+    #[test]
+    fn status_decodes_every_attribute() {
+        let r = attrs(vec![
+            (a::VERSION, b"0.1.0\0".to_vec()),
+            (a::ROLE, vec![spec::role::BACKUP]),
+            (a::SERVICE_ADDR, vec![10, 77, 0, 100]),
+            (a::SERVICE_PORT, 8080u16.to_ne_bytes().to_vec()),
+            (a::PEER_ADDR, vec![10, 77, 0, 11]),
+            (a::BEAT_PORT, 7401u16.to_ne_bytes().to_vec()),
+            (a::IFNAME, b"lz0\0".to_vec()),
+            (a::HEARTBEAT_MS, 100u32.to_ne_bytes().to_vec()),
+            (a::MAX_CONNS, 16384u32.to_ne_bytes().to_vec()),
+            (a::GATE_OPEN, vec![0]),
+            (a::PEER_STATE, vec![spec::peer_state::ALIVE]),
+            (a::PEER_SILENCE_MS, 12u32.to_ne_bytes().to_vec()),
+            (a::CONNS, 3u32.to_ne_bytes().to_vec()),
+            (a::STATS | 0x8000, stats_nest()),
+        ]);
+        let s = ShadowStatus::from_attrs(&r).unwrap();
+        assert_eq!(s.role, "backup");
+        assert_eq!(s.role(), Some(ShadowRole::Backup));
+        assert_eq!(s.service(), Some("10.77.0.100:8080".parse().unwrap()));
+        assert_eq!(s.peer_addr, Some(Ipv4Addr::new(10, 77, 0, 11)));
+        assert_eq!(s.ifname.as_deref(), Some("lz0"));
+        assert_eq!((s.beat_port, s.heartbeat_ms, s.max_conns), (Some(7401), Some(100), Some(16384)));
+        assert!(!s.gate_open);
+        assert_eq!(s.peer_state, "alive");
+        assert_eq!((s.peer_silence_ms, s.conns), (Some(12), 3));
+        assert_eq!(s.stats.client_segments, 10);
+        assert_eq!(s.stats.parse_errors, 130);
+
+        // A counter missing from the nest is a malformed reply.
+        let short: Vec<u8> = (1..st::MAX).flat_map(|id| nla(id, &0u64.to_ne_bytes())).collect();
+        let r = attrs(vec![
+            (a::VERSION, b"x\0".to_vec()),
+            (a::ROLE, vec![0]),
+            (a::GATE_OPEN, vec![0]),
+            (a::PEER_STATE, vec![0]),
+            (a::CONNS, 0u32.to_ne_bytes().to_vec()),
+            (a::STATS, short),
+        ]);
+        assert!(matches!(ShadowStatus::from_attrs(&r), Err(Error::Reply("stats.parse-errors"))));
+    }
+
+    #[test]
+    fn unconfigured_status() {
+        let r = attrs(vec![
+            (a::VERSION, b"0.1.0\0".to_vec()),
+            (a::ROLE, vec![spec::role::NONE]),
+            (a::IFNAME, b"\0".to_vec()),
+            (a::GATE_OPEN, vec![0]),
+            (a::PEER_STATE, vec![spec::peer_state::UNKNOWN]),
+            (a::CONNS, 0u32.to_ne_bytes().to_vec()),
+            (a::STATS, stats_nest()),
+        ]);
+        let s = ShadowStatus::from_attrs(&r).unwrap();
+        assert_eq!(s.role(), Some(ShadowRole::None));
+        assert_eq!(s.service(), None);
+        assert_eq!(s.ifname, None, "an empty ifname means none");
+        assert_eq!(s.peer_silence_ms, None);
+        assert_eq!(s.peer_state, "unknown");
+    }
+
+    #[test]
+    fn conn_flags_decode() {
+        let conn = |flags: u8| {
+            let mut n = nla(c::CLIENT_ADDR, &[10, 77, 0, 1]);
+            n.extend(nla(c::CLIENT_PORT, &40000u16.to_ne_bytes()));
+            n.extend(nla(c::MAPPED, &[1]));
+            n.extend(nla(c::SEQ_OFFSET, &0xfffffff0u32.to_ne_bytes()));
+            n.extend(nla(c::FLAGS, &[flags]));
+            ShadowConn::from_nest(&n).unwrap()
+        };
+        let x = conn(0);
+        assert_eq!((x.client_addr, x.client_port), (Ipv4Addr::new(10, 77, 0, 1), 40000));
+        assert!(x.mapped);
+        assert_eq!((x.seq_offset, x.ts_offset), (Some(0xfffffff0), None));
+        assert!(!x.client_fin && !x.server_fin && !x.rst && !x.options_mismatch);
+        assert!(x.flag_names().is_empty());
+
+        let x = conn(conn_flags::CLIENT_FIN);
+        assert!(x.client_fin && !x.server_fin && !x.rst && !x.options_mismatch);
+        let x = conn(conn_flags::SERVER_FIN);
+        assert!(!x.client_fin && x.server_fin && !x.rst && !x.options_mismatch);
+        let x = conn(conn_flags::RST);
+        assert!(!x.client_fin && !x.server_fin && x.rst && !x.options_mismatch);
+        let x = conn(conn_flags::OPTIONS_MISMATCH);
+        assert!(!x.client_fin && !x.server_fin && !x.rst && x.options_mismatch);
+        let x = conn(0x1f);
+        assert!(x.client_fin && x.server_fin && x.rst && x.options_mismatch);
+        assert_eq!(x.flags, 0x1f);
+        assert_eq!(x.flag_names(), ["client-fin", "server-fin", "rst", "options-mismatch", "0x10"]);
+
+        // A nest without an address is malformed.
+        assert!(matches!(ShadowConn::from_nest(&nla(c::CLIENT_PORT, &1u16.to_ne_bytes())), Err(Error::Reply("conn.client-addr"))));
+    }
+
+    #[test]
+    fn events_decode() {
+        let r = attrs(vec![
+            (a::EVENT, vec![spec::event::PEER_FAILED]),
+            (a::ROLE, vec![spec::role::BACKUP]),
+            (a::PEER_STATE, vec![spec::peer_state::FAILED]),
+            (a::PEER_ADDR, vec![10, 77, 0, 11]),
+            (a::PEER_SILENCE_MS, 312u32.to_ne_bytes().to_vec()),
+        ]);
+        let e = ShadowEvent::from_attrs(&r).unwrap();
+        assert!(e.is_peer_failed());
+        assert_eq!(e.event, "peer-failed");
+        assert_eq!(e.role.as_deref(), Some("backup"));
+        assert_eq!(e.peer_state.as_deref(), Some("failed"));
+        assert_eq!(e.peer_addr, Some(Ipv4Addr::new(10, 77, 0, 11)));
+        assert_eq!((e.peer_silence_ms, e.conns), (Some(312), None));
+
+        let e = ShadowEvent::from_attrs(&attrs(vec![(a::EVENT, vec![spec::event::TAKEOVER]), (a::CONNS, 7u32.to_ne_bytes().to_vec())])).unwrap();
+        assert_eq!((e.event.as_str(), e.conns, e.role.as_deref()), ("takeover", Some(7), None));
+        assert!(!e.is_peer_failed());
+        assert_eq!(ShadowEvent::from_attrs(&attrs(vec![(a::EVENT, vec![99])])).unwrap().event, "unknown-99");
+        assert!(ShadowEvent::from_attrs(&attrs(vec![])).is_err());
+    }
+}
