@@ -1,9 +1,9 @@
-"""Minimal pcap reader for the tests: TCP/IPv4 over Ethernet, headers only."""
+"""Minimal pcap reader for the tests: Ethernet frames, IPv4/TCP and ARP headers."""
 import struct
 
 
-def tcp_segments(path):
-    """Yield (src, dst, sport, dport, payload_len, flags) for each TCP/IPv4 frame."""
+def frames(path):
+    """Yield every captured Ethernet frame (bytes)."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < 24:
@@ -21,8 +21,26 @@ def tcp_segments(path):
     off = 24
     while off + 16 <= len(data):
         _, _, incl, _ = struct.unpack(end + "IIII", data[off:off + 16])
-        frame = data[off + 16:off + 16 + incl]
+        yield data[off + 16:off + 16 + incl]
         off += 16 + incl
+
+
+def ip_str(b):
+    return ".".join(map(str, b))
+
+
+def sources(path):
+    """Yield ("ip", src address) for IPv4 frames and ("arp", sender address) for ARP."""
+    for frame in frames(path):
+        if frame[12:14] == b"\x08\x00" and len(frame) >= 34:
+            yield "ip", ip_str(frame[26:30])
+        elif frame[12:14] == b"\x08\x06" and len(frame) >= 42:
+            yield "arp", ip_str(frame[28:32])
+
+
+def tcp_segments(path):
+    """Yield (src, dst, sport, dport, payload_len, flags) for each TCP/IPv4 frame."""
+    for frame in frames(path):
         if len(frame) < 14 + 20 or frame[12:14] != b"\x08\x00":
             continue
         ip = frame[14:]
@@ -33,7 +51,7 @@ def tcp_segments(path):
         tcp = ip[ihl:]
         doff = (tcp[12] >> 4) * 4
         sport, dport = struct.unpack(">HH", tcp[:4])
-        yield (".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20])), sport, dport,
+        yield (ip_str(ip[12:16]), ip_str(ip[16:20]), sport, dport,
                total - ihl - doff, tcp[13])
 
 

@@ -45,7 +45,7 @@ fn be_u32(addr: [u8; 4]) -> u32 {
 }
 
 fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
-    let all: [(u16, &AtomicU64); 13] = [
+    let all: [(u16, &AtomicU64); 14] = [
         (st::CLIENT_SEGMENTS, &s.client_segments),
         (st::SWALLOWED, &s.swallowed),
         (st::TRANSLATED_IN, &s.translated_in),
@@ -59,6 +59,7 @@ fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
         (st::BEATS_REJECTED, &s.beats_rejected),
         (st::PROMPTS, &s.prompts),
         (st::PARSE_ERRORS, &s.parse_errors),
+        (st::ACKS_CLAMPED, &s.acks_clamped),
     ];
     m.nest(a::STATS, |m| {
         for (id, c) in all {

@@ -157,7 +157,8 @@ impl Handler {
             };
             c.last_ms = now;
             let m = c.shadow.on_client_segment(&seg).ok_or(Refusal::Unknown)?;
-            Ok(Some((m, opts.timestamp.map(|(v, e)| (v, c.shadow.inbound_tsecr(e))))))
+            let (ack, clamped) = c.shadow.inbound_ack(p.tcp.ack);
+            Ok(Some(Inbound { map: m, ack, clamped, ts: opts.timestamp.map(|(v, e)| (v, c.shadow.inbound_tsecr(e))) }))
         });
         let s = &self.shared.stats;
         match decision {
@@ -166,8 +167,11 @@ impl Handler {
                 skb.set_untracked();
                 Verdict::Accept
             }
-            Some(Ok(Some((m, ts)))) => {
-                if m != Mapping::IDENTITY && rewrite_in(skb, m, ts).is_err() {
+            Some(Ok(Some(i))) => {
+                if i.clamped {
+                    bump(&s.acks_clamped);
+                }
+                if (i.map != Mapping::IDENTITY || i.clamped) && rewrite_in(skb, &i).is_err() {
                     bump(&s.parse_errors);
                     return Verdict::Drop;
                 }
@@ -216,6 +220,8 @@ impl Handler {
             let c = t.get_mut(&key)?;
             if syn && ack {
                 c.shadow.on_backup_synack(SynAck::new(p.tcp.seq, &opts));
+            } else {
+                c.shadow.on_backup_segment(p.tcp.seq, p.seq_len());
             }
             if !gate_open {
                 return None;
@@ -263,6 +269,16 @@ impl Handler {
     }
 }
 
+/// How to rewrite a client segment for the backup's TCP.
+struct Inbound {
+    map: Mapping,
+    /// Acknowledgment number in the backup's space (clamped to its send edge).
+    ack: Seq,
+    clamped: bool,
+    /// TSval and mapped TSecr, when the segment carries timestamps.
+    ts: Option<(u32, u32)>,
+}
+
 /// Why a client segment is not mapped.
 enum Refusal {
     /// No shadow, or its offsets are not known yet.
@@ -273,14 +289,15 @@ enum Refusal {
 
 /// Client → backup: acknowledgment and SACK blocks into the backup's sequence space,
 /// TSecr into its clock.
-fn rewrite_in(skb: &mut SkBuff<'_>, m: Mapping, ts: Option<(u32, u32)>) -> Result<(), ()> {
+fn rewrite_in(skb: &mut SkBuff<'_>, i: &Inbound) -> Result<(), ()> {
     let mut rw = skb.rewriter().map_err(drop)?;
     let p = *rw.parsed();
     if p.tcp.flags.has(TcpFlags::ACK) {
-        rw.set_ack(m.seq.unapply(p.tcp.ack));
+        rw.set_ack(i.ack);
     }
+    let m = i.map;
     rw.map_sack(|s: Seq| m.seq.unapply(s)).map_err(drop)?;
-    if let Some((tsval, tsecr)) = ts {
+    if let Some((tsval, tsecr)) = i.ts {
         rw.set_timestamp(tsval, tsecr).map_err(drop)?;
     }
     Ok(())

@@ -80,6 +80,7 @@ pub(crate) struct Stats {
     pub(crate) beats_rejected: AtomicU64,
     pub(crate) prompts: AtomicU64,
     pub(crate) parse_errors: AtomicU64,
+    pub(crate) acks_clamped: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -106,7 +106,9 @@ pub mod stats_attr {
     pub const PROMPTS: u16 = 12;
     /// Packets for the service whose headers did not parse.
     pub const PARSE_ERRORS: u16 = 13;
-    pub const MAX: u16 = 13;
+    /// Client acknowledgments cut back to what this node's program has sent so far (it lags the primary).
+    pub const ACKS_CLAMPED: u16 = 14;
+    pub const MAX: u16 = 14;
 }
 
 /// Attributes of the `conn` set.

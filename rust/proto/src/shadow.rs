@@ -18,6 +18,12 @@
 //! sequence number and TSval are moved back. The client's own numbers (its sequence
 //! space and TSval) are the same for both servers and are never touched.
 //!
+//! The backup's program may lag behind the primary's. A client acknowledgment of
+//! server bytes the backup has not produced yet would make the backup's TCP discard
+//! the whole segment, data included (RFC 9293 §3.10.7.4), and the client never
+//! resends data the primary acknowledged. So acknowledgments are clamped to the
+//! backup's own send edge; the client's later cumulative ACKs carry the rest.
+//!
 //! After takeover the backup's TSval must never fall behind the last TSval the client
 //! saw from the primary, or the client's PAWS check would drop the backup's segments;
 //! the backup tracks that value from the primary's segments on the wire and from the
@@ -111,6 +117,8 @@ pub struct Shadow {
     peer_tsval: Option<u32>,
     /// The two SYN-ACKs disagreed on an option the client relies on.
     mismatch: bool,
+    /// One past the highest sequence number the backup's TCP has sent (its space).
+    backup_next: Option<Seq>,
 }
 
 /// Timestamp order modulo 2^32 (RFC 7323 §5.2): `a` after `b`.
@@ -151,7 +159,31 @@ impl Shadow {
     /// The backup's own SYN-ACK, seen leaving its TCP.
     pub fn on_backup_synack(&mut self, s: SynAck) {
         self.backup = Some(s);
+        self.on_backup_segment(s.isn, 1);
         self.learn_from_synacks();
+    }
+
+    /// Any segment leaving the backup's TCP: `seq` and the sequence space it takes.
+    pub fn on_backup_segment(&mut self, seq: Seq, seq_len: u32) {
+        let end = seq.add(seq_len);
+        match self.backup_next {
+            Some(n) if !end.gt(n) => {}
+            _ => self.backup_next = Some(end),
+        }
+    }
+
+    /// The acknowledgment number the backup's TCP should see for the client's `ack`:
+    /// mapped into the backup's space, and no further than what the backup has sent.
+    /// Returns the number and whether it was clamped.
+    pub fn inbound_ack(&self, ack: Seq) -> (Seq, bool) {
+        let mapped = match self.map {
+            Some(m) => m.seq.unapply(ack),
+            None => ack,
+        };
+        match self.backup_next {
+            Some(n) if mapped.gt(n) => (n, true),
+            _ => (mapped, false),
+        }
     }
 
     /// The primary's SYN-ACK, seen on the wire.
@@ -295,6 +327,22 @@ mod tests {
         assert_eq!(m.seq.unapply(Seq(0xffff_fff1)), Seq(5001));
         assert_eq!(s.inbound_tsecr(30), 70);
         assert_eq!(s.outbound_tsval(70), 30);
+    }
+
+    #[test]
+    fn acks_beyond_what_the_backup_sent_are_clamped() {
+        let mut s = Shadow::new(Seq(1));
+        s.on_backup_synack(synack(100, 10, 7));
+        s.on_primary_synack(synack(1000, 500, 7));
+        assert_eq!(s.inbound_ack(Seq(1001)), (Seq(101), false));
+        // The client acknowledges 50 bytes of the primary's reply; the backup has
+        // produced 20 so far.
+        s.on_backup_segment(Seq(101), 20);
+        assert_eq!(s.inbound_ack(Seq(1051)), (Seq(121), true));
+        // A retransmission of older data does not move the edge back.
+        s.on_backup_segment(Seq(101), 10);
+        s.on_backup_segment(Seq(121), 30);
+        assert_eq!(s.inbound_ack(Seq(1051)), (Seq(151), false));
     }
 
     #[test]

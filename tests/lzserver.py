@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""The deterministic test server: every byte it sends depends only on what the
+client sent, so a primary and a backup that receive the same bytes answer alike.
+
+One request line per connection picks the mode:
+
+    ECHO\\n              echo every byte back until the client closes
+    CHAT\\n              per line received, reply with the running SHA-256 (hex) of
+                        everything received so far, then a newline
+    GET <n> <seed>\\n    send n bytes of a seeded pseudo-random stream, then close
+    PUT <n>\\n           read n bytes, reply with their SHA-256 (hex) and a newline
+
+    lzserver.py PORT
+"""
+import hashlib
+import random
+import socketserver
+import sys
+
+
+def stream(seed, n, chunk=65536):
+    """Deterministic bytes: the same for a seed on every machine and Python."""
+    r = random.Random(seed)
+    while n > 0:
+        k = min(chunk, n)
+        yield r.randbytes(k)
+        n -= k
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        line = self.rfile.readline(256).split()
+        if not line:
+            return
+        cmd, args = line[0], line[1:]
+        if cmd == b"ECHO":
+            while True:
+                b = self.request.recv(65536)
+                if not b:
+                    return
+                self.request.sendall(b)
+        elif cmd == b"CHAT":
+            h = hashlib.sha256()
+            for l in self.rfile:
+                h.update(l)
+                self.wfile.write(h.hexdigest().encode() + b"\n")
+                self.wfile.flush()
+        elif cmd == b"GET" and len(args) == 2:
+            for b in stream(int(args[1]), int(args[0])):
+                self.wfile.write(b)
+        elif cmd == b"PUT" and len(args) == 1:
+            n, h = int(args[0]), hashlib.sha256()
+            while n > 0:
+                b = self.rfile.read1(min(n, 65536))
+                if not b:
+                    return
+                h.update(b)
+                n -= len(b)
+            self.wfile.write(h.hexdigest().encode() + b"\n")
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+if __name__ == "__main__":
+    Server(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()

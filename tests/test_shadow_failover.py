@@ -1,0 +1,136 @@
+"""ST-TCP: a backup shadows every connection and takes over when the primary dies.
+
+Two guests on a hub (a bridge that floods every frame): the primary and the backup,
+both carrying the service address and running the same deterministic server
+(lzserver.py). Clients run on the host's own TCP stack. The primary is killed
+mid-transfer (its VM gets SIGKILL: no FIN, no RST reaches anyone); the backup's
+heartbeats notice, the test takes over through lzctl, and every client must finish
+with exactly the bytes it expected.
+
+A capture of every frame the backup puts on the segment proves that it stayed silent
+on the service address (no TCP, no ARP) until the takeover.
+"""
+import json
+import os
+import time
+
+import pcap
+from lzbench import Bench, lzctl_path
+
+LZCTL = lzctl_path()
+TESTS = os.path.dirname(os.path.abspath(__file__))
+CLIENT = os.path.join(TESTS, "stclient.py")
+VIP = "10.77.0.100"
+PORT = 8080
+HEARTBEAT_MS = 50
+
+
+def backup_mac(g):
+    return f"52:54:00:77:00:{11 + g.index:02x}"
+
+
+def status(g):
+    return json.loads(g.out(f"{LZCTL} -j shadow status"))
+
+
+def wait_for(what, pred, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def setup_pair(b):
+    primary, backup = b.guests
+    for g in (primary, backup):
+        g.insmod("lazarus_shadow")
+        g.run(f"cd {TESTS} && setsid python3 lzserver.py {PORT} </dev/null >/tmp/lzserver.log 2>&1 &\n"
+              f"for i in $(seq 100); do ss -lnt | grep -q ':{PORT} ' && break; sleep 0.1; done; ss -lnt | grep -q ':{PORT} '")
+    # The backup is configured before it gets the address, so it never answers for it.
+    backup.run(f"{LZCTL} shadow configure --role backup --service {VIP}:{PORT} --peer {primary.addr} "
+               f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS}")
+    primary.run(f"{LZCTL} shadow configure --role primary --service {VIP}:{PORT} --peer {backup.addr} "
+                f"--heartbeat-ms {HEARTBEAT_MS}")
+    for g in (primary, backup):
+        g.run(f"ip addr add {VIP}/32 dev lz0")
+    for g in (primary, backup):
+        wait_for(f"guest {g.index} to see its peer alive", lambda g=g: status(g)["peer_state"] == "alive")
+    return primary, backup
+
+
+def client(b, *args):
+    return b.host_popen(f"python3 {CLIENT} " + " ".join(map(str, args)), stdout=-1, stderr=-1, text=True)
+
+
+def result(p, timeout=120):
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, f"client failed ({p.returncode}): {err}"
+    return json.loads(out)
+
+
+def check_get(r, n):
+    assert r["received"] == n and r["received_sha"] == r["expected_sha"], r
+
+
+def check_put(r, n):
+    assert r["sent"] == n and r["server_sha"] == r["sent_sha"], r
+
+
+def check_chat(r, n):
+    assert r["lines"] == n and r["bad_replies"] == 0, r
+
+
+def test_backup_is_silent_then_takes_over_mid_transfer():
+    with Bench(2, name="lzst", hub=True) as b:
+        primary, backup = setup_pair(b)
+
+        # Phase 1, failure-free: the primary serves, the backup shadows in silence.
+        cap = os.path.join(b.workdir, "backup-out.pcap")
+        dump = b.host_popen(f"exec tcpdump -i lzt{backup.index} -n -U -w {cap} ether src {backup_mac(backup)}",
+                            stdout=-1, stderr=-1, text=True)
+        time.sleep(1.0)
+        check_get(result(client(b, "get", VIP, PORT, 2_000_000, 11)), 2_000_000)
+        check_chat(result(client(b, "chat", VIP, PORT, 30, "--interval", 0.01)), 30)
+        check_put(result(client(b, "put", VIP, PORT, 2_000_000, 12)), 2_000_000)
+        time.sleep(0.5)
+        dump.terminate()
+        dump.communicate(timeout=10)
+        emitted = list(pcap.sources(cap))
+        assert ("ip", backup.addr) in emitted, "the capture saw none of the backup's own heartbeats"
+        assert [s for s in emitted if s[1] == VIP] == [], "the backup emitted frames for the service address"
+        st = status(backup)
+        assert st["role"] == "backup" and st["gate_open"] is False, st
+        s = st["stats"]
+        assert s["swallowed"] > 100 and s["translated_in"] > 100, s
+        assert s["unmapped"] == 0 and s["table_full"] == 0 and s["parse_errors"] == 0, s
+        conns = json.loads(backup.out(f"{LZCTL} -j shadow conns"))
+        assert len(conns) >= 3 and all(c["mapped"] for c in conns), conns
+
+        # Phase 2: transfers paced to last several seconds; the primary dies in them.
+        get_n, put_n, lines = 12_000_000, 6_000_000, 150
+        clients = [
+            ("get", client(b, "get", VIP, PORT, get_n, 21, "--rate", 3_000_000), get_n),
+            ("put", client(b, "put", VIP, PORT, put_n, 22, "--rate", 1_500_000), put_n),
+            ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
+        ]
+        time.sleep(1.5)
+        killed = time.monotonic()
+        primary.fence()
+        wait_for("the backup to declare the primary failed", lambda: status(backup)["peer_state"] == "failed")
+        detected = time.monotonic()
+        t = json.loads(backup.out(f"{LZCTL} -j shadow takeover"))
+        taken = time.monotonic()
+        print(f"detected after {detected - killed:.3f} s, takeover {t} returned after {taken - killed:.3f} s")
+        results = {name: result(p) for name, p, _ in clients}
+        for name, _, n in clients:
+            {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
+        print("client stalls:", {k: v["max_gap_s"] for k, v in results.items()})
+        st = status(backup)
+        assert st["gate_open"] is True and st["role"] == "primary", st
+        assert st["stats"]["translated_out"] > 0 and st["stats"]["prompts"] >= 1, st
+
+        # The survivor keeps serving new connections too.
+        check_get(result(client(b, "get", VIP, PORT, 1_000_000, 31)), 1_000_000)
