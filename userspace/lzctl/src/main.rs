@@ -1,14 +1,16 @@
 //! `lzctl`: inspect and configure the Lazarus modules over generic netlink.
 //!
+//! `lzctl shadow ...` drives the `lazarus_shadow` module (ST-TCP service shadowing).
+//!
 //! Output is a human table by default and JSON with `-j`, like iproute2. Exit codes:
 //! 0 success, 1 the kernel refused the request, 2 bad usage, 3 the module is not
 //! loaded or netlink failed.
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lazarus_proto::ports::PortSet;
-use lznl::{Client, Error, Monitor, PortStats, RawAttr};
+use lznl::{Client, Error, Monitor, PortStats, RawAttr, ShadowClient, ShadowConfig, ShadowConn, ShadowMonitor, ShadowRole, ShadowStatus};
 use serde_json::json;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -59,9 +61,18 @@ enum Cmd {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Shadow a TCP service on a backup node and take over when the primary fails
+    /// (lazarus_shadow).
+    Shadow {
+        #[command(subcommand)]
+        cmd: ShadowCmd,
+    },
     /// Send a request with raw attributes (for diagnostics and tests).
     #[command(hide = true)]
     Raw {
+        /// Family to send to.
+        #[arg(long, value_enum, default_value_t = Family::Core)]
+        family: Family,
         /// Command number.
         #[arg(long)]
         cmd: u8,
@@ -87,6 +98,80 @@ enum PortCmd {
     Del { ports: Vec<String> },
     /// Show counters of one port, or of all ports.
     Show { port: Option<u16> },
+}
+
+#[derive(Subcommand)]
+enum ShadowCmd {
+    /// Role, service, gate, peer state, connections and counters.
+    Status,
+    /// Set up the service on this node, change its heartbeat interval, or drop it
+    /// (--role none).
+    ///
+    /// A live service can only change its heartbeat interval: give --heartbeat-ms
+    /// alone (the current role is kept). Anything else needs --role none first, which
+    /// drops every shadowed connection.
+    Configure(ConfigureArgs),
+    /// Open the output gate and serve every shadowed connection. Fence the primary
+    /// first: it must no longer be able to send on the client segment.
+    Takeover,
+    /// List the shadowed connections.
+    Conns,
+    /// Print shadow events (configuration, peer alive/failed, takeover) as they happen.
+    Monitor {
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigureArgs {
+    /// This node's role; the current one when omitted.
+    #[arg(long, value_enum)]
+    role: Option<RoleArg>,
+    /// Service (virtual) address and TCP port, the same on both nodes.
+    #[arg(long, value_name = "ADDR:PORT")]
+    service: Option<SocketAddrV4>,
+    /// The other node's own address (heartbeats go there).
+    #[arg(long, value_name = "ADDR")]
+    peer: Option<Ipv4Addr>,
+    /// UDP port of the heartbeat channel on both nodes [module default 7401].
+    #[arg(long, value_name = "PORT")]
+    beat_port: Option<u16>,
+    /// Interface on the client segment (required on a backup).
+    #[arg(long, value_name = "IFNAME")]
+    dev: Option<String>,
+    /// Heartbeat interval, 10-10000; the peer fails after 3 silent intervals.
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u32>,
+    /// Connection table size, 16-1048576.
+    #[arg(long, value_name = "N")]
+    max_conns: Option<u32>,
+}
+
+/// A role as given on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Primary,
+    Backup,
+    None,
+}
+
+impl From<RoleArg> for ShadowRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Primary => ShadowRole::Primary,
+            RoleArg::Backup => ShadowRole::Backup,
+            RoleArg::None => ShadowRole::None,
+        }
+    }
+}
+
+/// A generic netlink family of the project.
+#[derive(Clone, Copy, ValueEnum)]
+enum Family {
+    Core,
+    Shadow,
 }
 
 /// A failure with the exit code it maps to.
@@ -129,6 +214,134 @@ fn print_stats(json: bool, stats: &[PortStats]) {
     }
 }
 
+/// The `configure` request for `args`. `current_role` is asked only when --role is
+/// omitted.
+fn shadow_config(args: ConfigureArgs, current_role: impl FnOnce() -> Result<ShadowRole, Failure>) -> Result<ShadowConfig, Failure> {
+    let others = args.service.is_some()
+        || args.peer.is_some()
+        || args.beat_port.is_some()
+        || args.dev.is_some()
+        || args.heartbeat_ms.is_some()
+        || args.max_conns.is_some();
+    let role = match args.role {
+        Some(RoleArg::None) if others => return Err(usage("--role none drops the service and takes no other options".into())),
+        Some(r) => r.into(),
+        None if !others => return Err(usage("nothing to configure: give --role, or --heartbeat-ms for a configured service".into())),
+        None => match current_role()? {
+            ShadowRole::None => return Err(usage("no service is configured here: give --role primary or --role backup".into())),
+            r => r,
+        },
+    };
+    if let Some(s) = args.service {
+        if s.port() == 0 {
+            return Err(usage(format!("--service {s}: 0 is not a port")));
+        }
+    }
+    if let Some(d) = &args.dev {
+        if d.is_empty() || d.len() > 15 || d.bytes().any(|b| b == 0 || b == b'/' || b.is_ascii_whitespace()) {
+            return Err(usage(format!("--dev \"{d}\": not an interface name (1-15 bytes, no '/' or spaces)")));
+        }
+    }
+    Ok(ShadowConfig {
+        role,
+        service: args.service,
+        peer: args.peer,
+        beat_port: args.beat_port,
+        ifname: args.dev,
+        heartbeat_ms: args.heartbeat_ms,
+        max_conns: args.max_conns,
+    })
+}
+
+/// The shadow status, or `None` when the module is not loaded.
+fn shadow_status_if_loaded() -> Result<Option<ShadowStatus>, Failure> {
+    match ShadowClient::connect() {
+        Ok(c) => Ok(Some(c.status()?)),
+        Err(Error::NoFamily(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn line(label: &str, value: impl std::fmt::Display) -> String {
+    format!("  {:<17}{value}", format!("{label}:"))
+}
+
+/// The summary of a shadow status: version, role and gate, service, peer, heartbeat,
+/// connections.
+fn shadow_summary(s: &ShadowStatus) -> Vec<String> {
+    let mut out = vec![format!("lazarus_shadow {}", s.version)];
+    if s.role() == Some(ShadowRole::None) {
+        out.push(line("role", "none (no service configured)"));
+        return out;
+    }
+    let gate = if s.gate_open { "gate open (serving clients)" } else { "gate closed (shadowing)" };
+    out.push(line("role", format!("{}, {gate}", s.role)));
+    let service = s.service().map_or("-".to_string(), |a| a.to_string());
+    let dev = s.ifname.as_ref().map(|d| format!(" on {d}")).unwrap_or_default();
+    out.push(line("service", format!("{service}{dev}")));
+    let peer = s.peer_addr.map_or("-".to_string(), |a| a.to_string());
+    let beat = match s.peer_silence_ms {
+        Some(ms) => format!("last beat {ms} ms ago"),
+        None => "no beat yet".to_string(),
+    };
+    out.push(line("peer", format!("{peer} {}, {beat}", s.peer_state)));
+    let every = s.heartbeat_ms.map(|m| format!("every {m} ms")).unwrap_or_else(|| "-".into());
+    let port = s.beat_port.map(|p| format!(" on udp port {p}")).unwrap_or_default();
+    out.push(line("heartbeat", format!("{every}{port}")));
+    let of = s.max_conns.map(|m| format!(" of {m}")).unwrap_or_default();
+    out.push(line("connections", format!("{}{of}", s.conns)));
+    out
+}
+
+/// The counters, two to a line.
+fn shadow_counters(s: &ShadowStatus) -> Vec<String> {
+    let t = &s.stats;
+    let rows = [
+        ("client-segments", t.client_segments),
+        ("swallowed", t.swallowed),
+        ("translated-in", t.translated_in),
+        ("translated-out", t.translated_out),
+        ("unmapped", t.unmapped),
+        ("table-full", t.table_full),
+        ("options-mismatch", t.options_mismatch),
+        ("arp-withheld", t.arp_withheld),
+        ("beats-sent", t.beats_sent),
+        ("beats-received", t.beats_received),
+        ("beats-rejected", t.beats_rejected),
+        ("prompts", t.prompts),
+        ("parse-errors", t.parse_errors),
+    ];
+    let mut out = vec!["  counters:".to_string()];
+    for pair in rows.chunks(2) {
+        let cells: Vec<String> = pair.iter().map(|(n, v)| format!("{n:<17}{v:>12}")).collect();
+        out.push(format!("    {}", cells.join("    ")));
+    }
+    out
+}
+
+fn opt_num(v: Option<u32>) -> String {
+    v.map_or("-".to_string(), |n| n.to_string())
+}
+
+fn conns_table(conns: &[ShadowConn]) -> Vec<String> {
+    let mut out =
+        vec![format!("{:<21} {:>6} {:>10} {:>10} {:>11} {:>12}  {}", "CLIENT", "MAPPED", "SEQ-OFFSET", "TS-OFFSET", "CLIENT-NEXT", "CLIENT-ACKED", "FLAGS")];
+    for c in conns {
+        let flags = c.flag_names();
+        out.push(format!(
+            "{:<21} {:>6} {:>10} {:>10} {:>11} {:>12}  {}",
+            format!("{}:{}", c.client_addr, c.client_port),
+            if c.mapped { "yes" } else { "no" },
+            opt_num(c.seq_offset),
+            opt_num(c.ts_offset),
+            opt_num(c.client_next),
+            opt_num(c.client_acked),
+            if flags.is_empty() { "-".to_string() } else { flags.join(",") },
+        ));
+    }
+    out
+}
+
 fn parse_raw_attr(s: &str) -> Result<RawAttr, Failure> {
     let (id, hex) = s.split_once(':').ok_or_else(|| usage(format!("attribute \"{s}\": expected ID:HEX")))?;
     let id: u16 = id.parse().map_err(|_| usage(format!("attribute \"{s}\": bad id")))?;
@@ -151,14 +364,95 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Status => {
             let s = Client::connect()?.status()?;
+            // The shadow module is optional: its section appears when it is loaded.
+            let shadow = shadow_status_if_loaded()?;
             if json {
-                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                let mut v = serde_json::to_value(&s).unwrap_or_default();
+                if let (Some(obj), Some(sh)) = (v.as_object_mut(), &shadow) {
+                    obj.insert("shadow".into(), serde_json::to_value(sh).unwrap_or_default());
+                }
+                println!("{v}");
             } else {
                 println!("lazarus_core {}", s.version);
                 println!("  counting:        {}", if s.enabled { "on" } else { "off" });
                 println!("  ports:           {}", s.port_count);
                 println!("  channel port:    {}", s.channel_port);
                 println!("  probes answered: {}", s.probes_answered);
+                for l in shadow.iter().flat_map(shadow_summary) {
+                    println!("{l}");
+                }
+            }
+        }
+        Cmd::Shadow { cmd: ShadowCmd::Status } => {
+            let s = ShadowClient::connect()?.status()?;
+            if json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                let counters = if s.role() == Some(ShadowRole::None) { Vec::new() } else { shadow_counters(&s) };
+                for l in shadow_summary(&s).into_iter().chain(counters) {
+                    println!("{l}");
+                }
+            }
+        }
+        Cmd::Shadow { cmd: ShadowCmd::Configure(args) } => {
+            // Arguments are checked before the kernel is asked anything; the current
+            // role is read only when --role is omitted.
+            let mut client = None;
+            let config = shadow_config(args, || {
+                let s = client.insert(ShadowClient::connect()?).status()?;
+                s.role().ok_or_else(|| Failure { code: 3, message: format!("the module reports an unknown role \"{}\"", s.role) })
+            })?;
+            let c = match client {
+                Some(c) => c,
+                None => ShadowClient::connect()?,
+            };
+            c.configure(&config)?;
+        }
+        Cmd::Shadow { cmd: ShadowCmd::Takeover } => {
+            let r = ShadowClient::connect()?.takeover()?;
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!("took over {} connection(s) in {} ms", r.conns, r.takeover_ms);
+            }
+        }
+        Cmd::Shadow { cmd: ShadowCmd::Conns } => {
+            let conns = ShadowClient::connect()?.conns()?;
+            if json {
+                println!("{}", serde_json::to_string(&conns).unwrap_or_default());
+            } else {
+                for l in conns_table(&conns) {
+                    println!("{l}");
+                }
+            }
+        }
+        Cmd::Shadow { cmd: ShadowCmd::Monitor { count } } => {
+            let mut m = ShadowMonitor::join()?;
+            let mut seen = 0;
+            while count.is_none_or(|n| seen < n) {
+                let e = m.next_event()?;
+                if json {
+                    println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                } else {
+                    let mut l = e.event.clone();
+                    if let Some(r) = &e.role {
+                        l += &format!(" role {r}");
+                    }
+                    if let Some(a) = e.peer_addr {
+                        l += &format!(" peer {a}");
+                    }
+                    if let Some(p) = &e.peer_state {
+                        l += &format!(" peer-state {p}");
+                    }
+                    if let Some(ms) = e.peer_silence_ms {
+                        l += &format!(" silence {ms} ms");
+                    }
+                    if let Some(n) = e.conns {
+                        l += &format!(" conns {n}");
+                    }
+                    println!("{l}");
+                }
+                seen += 1;
             }
         }
         Cmd::Port { cmd: PortCmd::Add { ports } } => {
@@ -207,9 +501,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 seen += 1;
             }
         }
-        Cmd::Raw { cmd, attrs, dump } => {
+        Cmd::Raw { family, cmd, attrs, dump } => {
             let attrs = attrs.iter().map(|s| parse_raw_attr(s)).collect::<Result<Vec<_>, _>>()?;
-            let replies = Client::connect()?.request(cmd, &attrs, dump)?;
+            let replies = match family {
+                Family::Core => Client::connect()?.request(cmd, &attrs, dump)?,
+                Family::Shadow => ShadowClient::connect()?.request(cmd, &attrs, dump)?,
+            };
             println!("{} reply message(s)", replies.len());
         }
     }
@@ -224,5 +521,126 @@ fn main() -> ExitCode {
             eprintln!("lzctl: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> ConfigureArgs {
+        let argv = ["lzctl", "shadow", "configure"].into_iter().map(String::from).chain(line.split_whitespace().map(String::from));
+        match Cli::try_parse_from(argv).unwrap().cmd {
+            Cmd::Shadow { cmd: ShadowCmd::Configure(a) } => a,
+            _ => unreachable!(),
+        }
+    }
+
+    fn unasked() -> Result<ShadowRole, Failure> {
+        panic!("the current role must not be read when --role is given")
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn configure_full_service() {
+        let c = shadow_config(
+            args("--role backup --service 10.77.0.100:8080 --peer 10.77.0.11 --dev lz0 --beat-port 7402 --heartbeat-ms 50 --max-conns 1024"),
+            unasked,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(c.role, ShadowRole::Backup);
+        assert_eq!(c.service, Some("10.77.0.100:8080".parse().unwrap()));
+        assert_eq!(c.peer, Some(Ipv4Addr::new(10, 77, 0, 11)));
+        assert_eq!(c.ifname.as_deref(), Some("lz0"));
+        assert_eq!((c.beat_port, c.heartbeat_ms, c.max_conns), (Some(7402), Some(50), Some(1024)));
+    }
+
+    #[test]
+    fn configure_heartbeat_keeps_the_role() {
+        let c = shadow_config(args("--heartbeat-ms 20"), || Ok(ShadowRole::Primary)).ok().unwrap();
+        assert_eq!(c, ShadowConfig { heartbeat_ms: Some(20), ..ShadowConfig::new(ShadowRole::Primary) });
+        let e = shadow_config(args("--heartbeat-ms 20"), || Ok(ShadowRole::None)).err().unwrap();
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("no service is configured"), "{}", e.message);
+    }
+
+    #[test]
+    fn configure_usage_errors() {
+        let c = shadow_config(args("--role none"), unasked).ok().unwrap();
+        assert_eq!(c, ShadowConfig::new(ShadowRole::None));
+        for (line, want) in [
+            ("--role none --peer 1.2.3.4", "--role none"),
+            ("", "nothing to configure"),
+            ("--role primary --service 1.2.3.4:0", "--service"),
+            ("--role backup --dev abcdefghijklmnop", "--dev"),
+            ("--role backup --dev a/b", "--dev"),
+        ] {
+            let e = shadow_config(args(line), unasked).err().unwrap();
+            assert_eq!(e.code, 2, "{line}");
+            assert!(e.message.contains(want), "{line}: {}", e.message);
+        }
+        assert!(Cli::try_parse_from(["lzctl", "shadow", "configure", "--role", "master"]).is_err());
+        assert!(Cli::try_parse_from(["lzctl", "shadow", "configure", "--service", "1.2.3.4"]).is_err());
+    }
+
+    fn status(role: &str) -> ShadowStatus {
+        ShadowStatus {
+            version: "0.1.0".into(),
+            role: role.into(),
+            service_addr: Some(Ipv4Addr::new(10, 77, 0, 100)),
+            service_port: Some(8080),
+            peer_addr: Some(Ipv4Addr::new(10, 77, 0, 11)),
+            beat_port: Some(7401),
+            ifname: Some("lz0".into()),
+            heartbeat_ms: Some(100),
+            max_conns: Some(16384),
+            gate_open: false,
+            peer_state: "alive".into(),
+            peer_silence_ms: Some(12),
+            conns: 3,
+            stats: lznl::ShadowStats { parse_errors: 7, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn shadow_text() {
+        let l = shadow_summary(&status("backup"));
+        assert_eq!(l[0], "lazarus_shadow 0.1.0");
+        assert_eq!(l[1], "  role:            backup, gate closed (shadowing)");
+        assert_eq!(l[2], "  service:         10.77.0.100:8080 on lz0");
+        assert_eq!(l[3], "  peer:            10.77.0.11 alive, last beat 12 ms ago");
+        assert_eq!(l[5], "  connections:     3 of 16384");
+        assert_eq!(shadow_summary(&status("none")).len(), 2);
+        let c = shadow_counters(&status("backup"));
+        assert_eq!(c.len(), 1 + 7);
+        assert!(c[7].contains("parse-errors") && c[7].ends_with(" 7"), "{}", c[7]);
+    }
+
+    #[test]
+    fn conns_text() {
+        let conn = ShadowConn {
+            client_addr: Ipv4Addr::new(10, 77, 0, 1),
+            client_port: 40000,
+            mapped: true,
+            seq_offset: Some(5),
+            ts_offset: None,
+            client_next: Some(100),
+            client_acked: Some(90),
+            flags: 5,
+            client_fin: true,
+            server_fin: false,
+            rst: true,
+            options_mismatch: false,
+        };
+        let t = conns_table(&[conn]);
+        assert!(t[0].starts_with("CLIENT"));
+        assert!(t[1].starts_with("10.77.0.1:40000 "), "{}", t[1]);
+        assert!(t[1].ends_with("  client-fin,rst"), "{}", t[1]);
+        assert_eq!(t[0].find("MAPPED").map(|i| i + 6), t[1].find("yes").map(|i| i + 3), "columns line up");
     }
 }
