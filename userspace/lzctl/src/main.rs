@@ -310,6 +310,7 @@ fn shadow_counters(s: &ShadowStatus) -> Vec<String> {
         ("beats-rejected", t.beats_rejected),
         ("prompts", t.prompts),
         ("parse-errors", t.parse_errors),
+        ("acks-clamped", t.acks_clamped),
     ];
     let mut out = vec!["  counters:".to_string()];
     for pair in rows.chunks(2) {
@@ -618,7 +619,7 @@ mod tests {
         assert_eq!(shadow_summary(&status("none")).len(), 2);
         let c = shadow_counters(&status("backup"));
         assert_eq!(c.len(), 1 + 7);
-        assert!(c[7].contains("parse-errors") && c[7].ends_with(" 7"), "{}", c[7]);
+        assert!(c[7].starts_with("    parse-errors") && c[7].contains(" 7    "), "{}", c[7]);
     }
 
     #[test]

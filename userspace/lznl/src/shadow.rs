@@ -101,6 +101,9 @@ pub struct ShadowStats {
     pub beats_rejected: u64,
     pub prompts: u64,
     pub parse_errors: u64,
+    /// Client acknowledgments cut back to what this node's program had sent (it lags
+    /// the primary).
+    pub acks_clamped: u64,
 }
 
 impl ShadowStats {
@@ -121,6 +124,7 @@ impl ShadowStats {
             beats_rejected: get(st::BEATS_REJECTED, "stats.beats-rejected")?,
             prompts: get(st::PROMPTS, "stats.prompts")?,
             parse_errors: get(st::PARSE_ERRORS, "stats.parse-errors")?,
+            acks_clamped: get(st::ACKS_CLAMPED, "stats.acks-clamped")?,
         })
     }
 }
@@ -509,9 +513,10 @@ mod tests {
         assert_eq!((s.peer_silence_ms, s.conns), (Some(12), 3));
         assert_eq!(s.stats.client_segments, 10);
         assert_eq!(s.stats.parse_errors, 130);
+        assert_eq!(s.stats.acks_clamped, 140);
 
         // A counter missing from the nest is a malformed reply.
-        let short: Vec<u8> = (1..st::MAX).flat_map(|id| nla(id, &0u64.to_ne_bytes())).collect();
+        let short: Vec<u8> = (1..=st::MAX).filter(|&id| id != st::PARSE_ERRORS).flat_map(|id| nla(id, &0u64.to_ne_bytes())).collect();
         let r = attrs(vec![
             (a::VERSION, b"x\0".to_vec()),
             (a::ROLE, vec![0]),
@@ -520,7 +525,15 @@ mod tests {
             (a::CONNS, 0u32.to_ne_bytes().to_vec()),
             (a::STATS, short),
         ]);
-        assert!(matches!(ShadowStatus::from_attrs(&r), Err(Error::Reply("stats.parse-errors"))));
+        let got = ShadowStatus::from_attrs(&r);
+        assert!(matches!(got, Err(Error::Reply("stats.parse-errors"))), "{got:?}");
+    }
+
+    #[test]
+    fn every_counter_is_decoded() {
+        // A counter added to the spec must be added to ShadowStats (and to lzctl's table).
+        assert_eq!(st::MAX, st::ACKS_CLAMPED, "the stats set has a counter ShadowStats does not decode");
+        assert_eq!(st::MAX, 14);
     }
 
     #[test]
