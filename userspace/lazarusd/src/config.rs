@@ -10,12 +10,26 @@
 //! addr = "10.77.0.12"
 //! transport = "udp"          # or "tcp"
 //! probe_interval_ms = 1000
+//!
+//! [shadow]                   # optional: without it the shadow module is left alone
+//! role = "backup"            # or "primary"
+//! service = "10.77.0.100:8080"
+//! peer = "10.77.0.11"        # the other node's own address
+//! dev = "lz0"                # client segment interface; required on a backup
+//! heartbeat_ms = 100         # 10..=10000
+//! beat_port = 7401
+//! max_conns = 16384          # 16..=1048576
+//! auto_takeover = true       # backup: fence and take over when the primary fails
+//! fence = ["/usr/local/sbin/fence-primary", "10.77.0.11"]
+//! fence_timeout_ms = 5000
 //! ```
 
 use lazarus_proto::ports::PortSet;
+use lznl::{ShadowConfig, ShadowRole};
 use serde::Deserialize;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
+use std::time::Duration;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +38,23 @@ struct RawConfig {
     core: RawCore,
     #[serde(default)]
     peer: Vec<RawPeer>,
+    shadow: Option<RawShadow>,
+}
+
+/// Numbers are read wide and range-checked here, so that an error names the field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    role: String,
+    service: String,
+    peer: String,
+    dev: Option<String>,
+    heartbeat_ms: Option<i64>,
+    beat_port: Option<i64>,
+    max_conns: Option<i64>,
+    auto_takeover: Option<bool>,
+    fence: Option<Vec<String>>,
+    fence_timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,7 +105,53 @@ pub struct Config {
     pub enabled: bool,
     pub ports: PortSet,
     pub peers: Vec<Peer>,
+    /// The shadowed service; `None` leaves the shadow module alone.
+    pub shadow: Option<Shadow>,
 }
+
+/// The `[shadow]` section: this node's part in a shadowed (ST-TCP) service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    /// Primary or backup (never none).
+    pub role: ShadowRole,
+    pub service: SocketAddrV4,
+    pub peer: Ipv4Addr,
+    pub dev: Option<String>,
+    pub heartbeat_ms: u32,
+    pub beat_port: u16,
+    pub max_conns: u32,
+    /// Set on a backup with `auto_takeover`: how to fence the primary.
+    pub failover: Option<Failover>,
+}
+
+impl Shadow {
+    /// The full `configure` request for this service.
+    pub fn request(&self) -> ShadowConfig {
+        ShadowConfig {
+            role: self.role,
+            service: Some(self.service),
+            peer: Some(self.peer),
+            beat_port: Some(self.beat_port),
+            ifname: self.dev.clone(),
+            heartbeat_ms: Some(self.heartbeat_ms),
+            max_conns: Some(self.max_conns),
+        }
+    }
+}
+
+/// Automatic takeover on a backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    /// The fence command and its arguments.
+    pub fence: Vec<String>,
+    /// The fence command is killed after this long, and counts as failed.
+    pub fence_timeout: Duration,
+}
+
+/// Defaults of the `[shadow]` section.
+pub const SHADOW_HEARTBEAT_MS: u32 = 100;
+pub const SHADOW_MAX_CONNS: u32 = 16384;
+pub const SHADOW_FENCE_TIMEOUT_MS: u64 = 5000;
 
 /// A peer to probe.
 #[derive(Debug, Clone)]
@@ -87,9 +164,102 @@ pub struct Peer {
 }
 
 /// Load and validate `path`. Errors name the file, and the line and field when known.
+/// Beyond [`parse`], this checks that the fence command can be run.
 pub fn load(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let cfg = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(f) = cfg.shadow.as_ref().and_then(|s| s.failover.as_ref()) {
+        check_program(&f.fence[0]).map_err(|e| format!("{}: shadow.fence: {e}", path.display()))?;
+    }
+    Ok(cfg)
+}
+
+/// A command that names an executable file, directly or through `PATH`: found out
+/// now rather than when the primary has failed.
+pub fn check_program(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return match executable(Path::new(program)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{program} is not an executable file")),
+            Err(e) => Err(format!("{program}: {e}")),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| executable(&d.join(program)).unwrap_or(false)) {
+        Ok(())
+    } else {
+        Err(format!("{program} is not found in PATH"))
+    }
+}
+
+fn in_range(field: &str, v: Option<i64>, default: i64, lo: i64, hi: i64) -> Result<i64, String> {
+    let v = v.unwrap_or(default);
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("shadow.{field}: {v} is outside {lo}..={hi}"))
+    }
+}
+
+/// Whether `d` can be a Linux interface name.
+fn is_ifname(d: &str) -> bool {
+    !d.is_empty() && d.len() <= 15 && d != "." && d != ".." && !d.bytes().any(|b| b == 0 || b == b'/' || b == b':' || b.is_ascii_whitespace())
+}
+
+fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
+    let role = match r.role.as_str() {
+        "primary" => ShadowRole::Primary,
+        "backup" => ShadowRole::Backup,
+        other => return Err(format!("shadow.role: \"{other}\" is not primary or backup")),
+    };
+    let service: SocketAddrV4 =
+        r.service.parse().map_err(|_| format!("shadow.service: \"{}\" is not ADDR:PORT (for example \"10.77.0.100:8080\")", r.service))?;
+    if service.port() == 0 {
+        return Err(format!("shadow.service: \"{}\": the port must be 1-65535", r.service));
+    }
+    let ip = service.ip();
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        return Err(format!("shadow.service: {ip} cannot be a service address"));
+    }
+    let peer: Ipv4Addr = r.peer.parse().map_err(|_| format!("shadow.peer: \"{}\" is not an IPv4 address", r.peer))?;
+    if peer.is_unspecified() || peer.is_broadcast() || peer.is_multicast() {
+        return Err(format!("shadow.peer: {peer} cannot be a node's address"));
+    }
+    if peer == *ip {
+        return Err(format!("shadow.peer: {peer} is the service address; give the other node's own address"));
+    }
+    if let Some(d) = &r.dev {
+        if !is_ifname(d) {
+            return Err(format!("shadow.dev: \"{d}\" is not an interface name (1-15 bytes, no '/', ':' or spaces)"));
+        }
+    } else if role == ShadowRole::Backup {
+        return Err("shadow.dev: required on a backup (the interface on the client segment)".into());
+    }
+    let heartbeat_ms = in_range("heartbeat_ms", r.heartbeat_ms, SHADOW_HEARTBEAT_MS.into(), 10, 10_000)? as u32;
+    let beat_port = in_range("beat_port", r.beat_port, lazarus_proto::beat::DEFAULT_PORT.into(), 1, 65_535)? as u16;
+    let max_conns = in_range("max_conns", r.max_conns, SHADOW_MAX_CONNS.into(), 16, 1_048_576)? as u32;
+    let fence_timeout_ms = in_range("fence_timeout_ms", r.fence_timeout_ms, SHADOW_FENCE_TIMEOUT_MS as i64, 10, 600_000)? as u64;
+    if let Some(f) = &r.fence {
+        match f.first() {
+            None => return Err("shadow.fence: empty; give the command and its arguments, for example [\"/usr/local/sbin/fence-primary\"]".into()),
+            Some(p) if p.is_empty() => return Err("shadow.fence: the command (first element) is empty".into()),
+            Some(_) => {}
+        }
+        if f.iter().any(|a| a.contains('\0')) {
+            return Err("shadow.fence: an argument contains a NUL byte".into());
+        }
+    }
+    // Only a backup takes over; on a primary the failover settings are not used.
+    let failover = match (role, r.auto_takeover.unwrap_or(true), &r.fence) {
+        (ShadowRole::Backup, true, Some(f)) => Some(Failover { fence: f.clone(), fence_timeout: Duration::from_millis(fence_timeout_ms) }),
+        (ShadowRole::Backup, true, None) => {
+            return Err("shadow.fence: required on a backup with auto_takeover (the command that stops the primary from sending); or set auto_takeover = false".into())
+        }
+        _ => None,
+    };
+    Ok(Shadow { role, service, peer, dev: r.dev.clone(), heartbeat_ms, beat_port, max_conns, failover })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -121,7 +291,8 @@ pub fn parse(text: &str) -> Result<Config, String> {
         }
         peers.push(Peer { name: p.name.clone(), addr: p.addr, port: p.port, tcp, interval_ms: p.probe_interval_ms });
     }
-    Ok(Config { enabled: raw.core.enabled, ports, peers })
+    let shadow = raw.shadow.as_ref().map(parse_shadow).transpose()?;
+    Ok(Config { enabled: raw.core.enabled, ports, peers, shadow })
 }
 
 #[cfg(test)]
@@ -156,6 +327,122 @@ probe_interval_ms = 200
         let c = parse("").unwrap();
         assert!(c.enabled);
         assert!(c.ports.is_empty());
+        assert!(c.shadow.is_none());
+    }
+
+    const BACKUP: &str = r#"
+[shadow]
+role = "backup"
+service = "10.77.0.100:8080"
+peer = "10.77.0.11"
+dev = "lz0"
+heartbeat_ms = 50
+beat_port = 7402
+max_conns = 1024
+auto_takeover = true
+fence = ["/usr/local/sbin/fence-primary", "10.77.0.11"]
+fence_timeout_ms = 3000
+"#;
+
+    #[test]
+    fn shadow_backup() {
+        let s = parse(BACKUP).unwrap().shadow.unwrap();
+        assert_eq!(s.role, ShadowRole::Backup);
+        assert_eq!(s.service, "10.77.0.100:8080".parse().unwrap());
+        assert_eq!(s.peer, Ipv4Addr::new(10, 77, 0, 11));
+        assert_eq!(s.dev.as_deref(), Some("lz0"));
+        assert_eq!((s.heartbeat_ms, s.beat_port, s.max_conns), (50, 7402, 1024));
+        let f = s.failover.as_ref().unwrap();
+        assert_eq!(f.fence, ["/usr/local/sbin/fence-primary", "10.77.0.11"]);
+        assert_eq!(f.fence_timeout, Duration::from_millis(3000));
+        let r = s.request();
+        assert_eq!(r.role, ShadowRole::Backup);
+        assert_eq!(r.service, Some(s.service));
+        assert_eq!(r.ifname.as_deref(), Some("lz0"));
+        assert_eq!((r.beat_port, r.heartbeat_ms, r.max_conns), (Some(7402), Some(50), Some(1024)));
+    }
+
+    #[test]
+    fn shadow_defaults() {
+        let s = parse("[shadow]\nrole = 'primary'\nservice = '10.77.0.100:80'\npeer = '10.77.0.12'\n").unwrap().shadow.unwrap();
+        assert_eq!(s.role, ShadowRole::Primary);
+        assert_eq!(s.dev, None, "dev is optional on a primary");
+        assert_eq!((s.heartbeat_ms, s.beat_port, s.max_conns), (100, 7401, 16384));
+        assert_eq!(s.failover, None, "a primary never takes over");
+
+        let s = parse("[shadow]\nrole='backup'\nservice='10.0.0.1:80'\npeer='10.0.0.2'\ndev='eth0'\nfence=['true']\n").unwrap().shadow.unwrap();
+        assert_eq!(s.failover.unwrap().fence_timeout, Duration::from_millis(5000));
+
+        let s = parse("[shadow]\nrole='backup'\nservice='10.0.0.1:80'\npeer='10.0.0.2'\ndev='eth0'\nauto_takeover=false\n").unwrap().shadow.unwrap();
+        assert_eq!(s.failover, None, "no fence needed without auto_takeover");
+    }
+
+    #[test]
+    fn shadow_errors_name_the_field() {
+        let cases = [
+            ("role", "'master'", "shadow.role:"),
+            ("role", "'none'", "shadow.role:"),
+            ("service", "'10.77.0.100'", "shadow.service:"),
+            ("service", "'10.77.0.100:0'", "shadow.service:"),
+            ("service", "'10.77.0.100:70000'", "shadow.service:"),
+            ("service", "'0.0.0.0:80'", "shadow.service:"),
+            ("service", "'host:80'", "shadow.service:"),
+            ("peer", "'10.77.0.300'", "shadow.peer:"),
+            ("peer", "'10.77.0.100'", "shadow.peer:"),
+            ("dev", "''", "shadow.dev:"),
+            ("dev", "'abcdefghijklmnop'", "shadow.dev:"),
+            ("dev", "'a/b'", "shadow.dev:"),
+            ("heartbeat_ms", "5", "shadow.heartbeat_ms:"),
+            ("heartbeat_ms", "10001", "shadow.heartbeat_ms:"),
+            ("beat_port", "0", "shadow.beat_port:"),
+            ("beat_port", "65536", "shadow.beat_port:"),
+            ("max_conns", "15", "shadow.max_conns:"),
+            ("max_conns", "1048577", "shadow.max_conns:"),
+            ("fence", "[]", "shadow.fence:"),
+            ("fence", "['', 'x']", "shadow.fence:"),
+            ("fence_timeout_ms", "0", "shadow.fence_timeout_ms:"),
+        ];
+        for (field, value, want) in cases {
+            let text: String = BACKUP
+                .lines()
+                .map(|l| if l.starts_with(&format!("{field} =")) { format!("{field} = {value}") } else { l.to_string() })
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(text.contains(&format!("{field} = {value}")), "{field}");
+            let e = parse(&text).unwrap_err();
+            assert!(e.starts_with(want), "{field} = {value}: {e}");
+        }
+    }
+
+    #[test]
+    fn shadow_missing_and_unknown_fields() {
+        let without = |field: &str| BACKUP.lines().filter(|l| !l.starts_with(&format!("{field} ="))).collect::<Vec<_>>().join("\n");
+        // A backup needs its interface and, with auto_takeover, a fence command.
+        let e = parse(&without("dev")).unwrap_err();
+        assert!(e.starts_with("shadow.dev: required on a backup"), "{e}");
+        let e = parse(&without("fence")).unwrap_err();
+        assert!(e.starts_with("shadow.fence: required on a backup with auto_takeover"), "{e}");
+        for field in ["role", "service", "peer"] {
+            let e = parse(&without(field)).unwrap_err();
+            assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+        }
+        let e = parse(&format!("{BACKUP}fence_timeout = 1\n")).unwrap_err();
+        assert!(e.starts_with("line 13:") && e.contains("fence_timeout"), "{e}");
+        let e = parse(&BACKUP.replace("heartbeat_ms = 50", "heartbeat_ms = \"50\"")).unwrap_err();
+        assert!(e.starts_with("line 7:"), "{e}");
+    }
+
+    #[test]
+    fn fence_program_is_checked() {
+        assert!(check_program("/bin/sh").is_ok());
+        assert!(check_program("sh").is_ok());
+        assert!(check_program("/nonexistent/fence").unwrap_err().contains("/nonexistent/fence"));
+        let plain = std::env::temp_dir().join(format!("lazarusd-test-{}", std::process::id()));
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        let e = check_program(plain.to_str().unwrap());
+        std::fs::remove_file(&plain).unwrap();
+        assert!(e.unwrap_err().contains("not an executable file"));
+        assert!(check_program("no-such-fence-command").unwrap_err().contains("not found in PATH"));
     }
 
     #[test]

@@ -3,12 +3,18 @@
 //! It reconciles the module with the file (ports added and removed until they match,
 //! counting switched on or off), re-reads the file on SIGHUP, and probes each peer's
 //! channel on its interval, logging changes between reachable and unreachable.
+//!
+//! With a `[shadow]` section it also configures the shadow module (ST-TCP) and, on a
+//! backup with `auto_takeover`, runs the failover driver: when the heartbeats say the
+//! primary has failed, it fences the primary and takes over (see `shadow.rs`).
 
 mod config;
+mod shadow;
 
 use clap::Parser;
 use config::Config;
 use lznl::Client;
+use shadow::ApplyError;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::flag;
 use std::path::PathBuf;
@@ -35,8 +41,28 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("lazarusd: {}", msg.as_ref());
 }
 
-/// Make the module's state match `cfg`.
-fn apply(client: &Client, cfg: &Config) -> Result<(), lznl::Error> {
+/// The exit code for a failed apply: 1 refused (by the kernel or by us), 3 module not
+/// loaded or netlink trouble.
+fn exit_code(e: &ApplyError) -> u8 {
+    match e {
+        ApplyError::Netlink(lznl::Error::Kernel { .. }) | ApplyError::Refused(_) => 1,
+        ApplyError::Netlink(_) => 3,
+    }
+}
+
+/// Make the modules' state match `cfg`. Returns the shadow family id when `cfg` has a
+/// `[shadow]` section. A shadow service that cannot be reconciled is found out before
+/// anything is changed.
+fn apply(client: &Client, cfg: &Config) -> Result<Option<u16>, ApplyError> {
+    let shadow = cfg.shadow.as_ref().map(shadow::prepare).transpose()?;
+    apply_core(client, cfg)?;
+    if let (Some((sc, plan)), Some(want)) = (&shadow, &cfg.shadow) {
+        shadow::execute(sc, plan, want)?;
+    }
+    Ok(shadow.map(|(sc, _)| sc.family_id()))
+}
+
+fn apply_core(client: &Client, cfg: &Config) -> Result<(), lznl::Error> {
     let current = client.port_list()?;
     for s in &current {
         if !cfg.ports.contains(s.port) {
@@ -79,14 +105,20 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    if let Err(e) = apply(&client, &cfg) {
-        log(format!("applying {}: {e}", args.config.display()));
-        return ExitCode::from(1);
-    }
-    log(format!("configuration applied: {} port(s), {} peer(s)", cfg.ports.len(), cfg.peers.len()));
+    let family = match apply(&client, &cfg) {
+        Ok(f) => f,
+        Err(e) => {
+            log(format!("applying {}: {e}", args.config.display()));
+            return ExitCode::from(exit_code(&e));
+        }
+    };
+    let shadow = cfg.shadow.as_ref().map(|s| format!(", shadow {} of {}", s.role, s.service)).unwrap_or_default();
+    log(format!("configuration applied: {} port(s), {} peer(s){shadow}", cfg.ports.len(), cfg.peers.len()));
     if args.once {
         return ExitCode::SUCCESS;
     }
+    let mut driver = shadow::Driver::new();
+    driver.update(cfg.shadow.as_ref().and_then(|s| s.failover.clone()), family);
 
     let hup = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,7 +135,8 @@ fn main() -> ExitCode {
             // A bad file keeps the running configuration: never apply half of one.
             match config::load(&args.config) {
                 Ok(new) => match apply(&client, &new) {
-                    Ok(()) => {
+                    Ok(family) => {
+                        driver.update(new.shadow.as_ref().and_then(|s| s.failover.clone()), family);
                         log("configuration re-applied");
                         peers = new.peers.iter().map(|_| PeerState { next: Instant::now(), up: None }).collect();
                         cfg = new;
@@ -138,6 +171,7 @@ fn main() -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    driver.stop();
     log("stopping");
     ExitCode::SUCCESS
 }
