@@ -59,6 +59,14 @@ impl<'a> SkBuff<'a> {
         unsafe { bindings::lz_skb_set_pkt_type(self.raw(), t) }
     }
 
+    /// Offset of the network header from `data`. Zero at the IPv4 hooks; positive
+    /// where a link-layer header has already been pushed (ARP output).
+    pub fn network_offset(&self) -> usize {
+        // SAFETY: The skb is valid (type invariant); both pointers lie in its head.
+        let (nh, data) = unsafe { (bindings::skb_network_header(self.raw()), (*self.raw()).data) };
+        (nh as usize).saturating_sub(data as usize)
+    }
+
     /// Total length of the packet (linear part and fragments).
     pub fn len(&self) -> usize {
         // SAFETY: The skb is valid (type invariant); `len` is a plain field.

@@ -58,7 +58,7 @@ pub mod shadow_attr {
     pub const IFNAME: u16 = 7;
     /// Heartbeat interval; the peer fails after 3 intervals of silence.
     pub const HEARTBEAT_MS: u16 = 8;
-    /// Connection table size, fixed while the service is configured.
+    /// Connection table size (16 to 1048576), fixed while the service is configured.
     pub const MAX_CONNS: u16 = 9;
     /// 1 when this node's output for the service reaches clients.
     pub const GATE_OPEN: u16 = 10;
@@ -140,7 +140,7 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: shadow_attr::BEAT_PORT, kind: AttrKind::U16, min: Some(1), max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::IFNAME, kind: AttrKind::String, min: None, max: None, max_len: 15 },
     AttrPolicy { id: shadow_attr::HEARTBEAT_MS, kind: AttrKind::U32, min: Some(10), max: Some(10000), max_len: 0 },
-    AttrPolicy { id: shadow_attr::MAX_CONNS, kind: AttrKind::U32, min: Some(16), max: Some(1048576), max_len: 0 },
+    AttrPolicy { id: shadow_attr::MAX_CONNS, kind: AttrKind::U32, min: Some(16), max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::GATE_OPEN, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
     AttrPolicy { id: shadow_attr::PEER_STATE, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::PEER_SILENCE_MS, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
