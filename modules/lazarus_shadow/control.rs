@@ -31,6 +31,7 @@ static SPEC: FamilySpec = FamilySpec {
 
 const DEFAULT_HEARTBEAT_MS: u32 = 100;
 const DEFAULT_MAX_CONNS: u32 = 16384;
+const MAX_MAX_CONNS: u32 = 1 << 20;
 
 pub(crate) struct Control {
     shared: Arc<Shared>,
@@ -165,6 +166,12 @@ impl Control {
         } else if r == role::BACKUP {
             return Err(req.missing(c"missing attribute: ifname (a backup listens on the client segment)"));
         }
+        let max_conns = req.u32(a::MAX_CONNS).unwrap_or(DEFAULT_MAX_CONNS);
+        if max_conns > MAX_MAX_CONNS {
+            // Netlink's inline policy ranges are 16-bit, so this bound is checked here.
+            req.set_message(c"max-conns is at most 1048576");
+            return Err(ERANGE);
+        }
         if vip == 0 || peer == 0 || vip == peer {
             req.set_message(c"service-addr and peer-addr must be distinct unicast addresses");
             return Err(EINVAL);
@@ -176,7 +183,7 @@ impl Control {
             peer: peer.to_be_bytes(),
             beat_port: req.u16(a::BEAT_PORT).unwrap_or(DEFAULT_PORT),
             ifname,
-            max_conns: req.u32(a::MAX_CONNS).unwrap_or(DEFAULT_MAX_CONNS),
+            max_conns,
         };
         s.heartbeat_ms.store(heartbeat.unwrap_or(DEFAULT_HEARTBEAT_MS), Ordering::Relaxed);
         *live = Some(self.start(req, config)?);

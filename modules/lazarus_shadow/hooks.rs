@@ -257,8 +257,9 @@ impl Handler {
             return Verdict::Accept;
         }
         // Ethernet/IPv4 ARP: hardware length 6, protocol length 4, sender IP at 14.
+        // The link-layer header is already pushed here, so start at the ARP header.
         let mut h = [0u8; 18];
-        if skb.copy_out(0, &mut h).is_err() || h[4] != 6 || h[5] != 4 {
+        if skb.copy_out(skb.network_offset(), &mut h).is_err() || h[4] != 6 || h[5] != 4 {
             return Verdict::Accept;
         }
         if h[14..18] == vip {
