@@ -110,10 +110,11 @@ impl Config {
 /// unregisters the hooks (waiting for running ones) and leaves promiscuous mode.
 pub(crate) struct Live {
     pub(crate) config: Config,
-    pub(crate) dev: Option<lzk::dev::NetDevice>,
-    // Field order is drop order: the thread and hooks go before the device.
+    // Field order is drop order: the thread and hooks stop before the device
+    // references go (each holds its own reference anyway).
     pub(crate) _beat: lzk::kthread::Thread<beat::Beater>,
     pub(crate) _hooks: Option<lzk::netfilter::Registration<hooks::Handler>>,
+    pub(crate) dev: Option<lzk::dev::NetDevice>,
     pub(crate) promisc: Option<lzk::dev::NetDevice>,
 }
 
