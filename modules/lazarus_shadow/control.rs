@@ -288,9 +288,7 @@ impl Control {
         req.reply(c, |m| {
             m.put_u32(a::CONNS, out.conns)?;
             m.put_u32(a::TAKEOVER_MS, out.took_ms)
-        })?;
-        let _ = out.prompted;
-        Ok(())
+        })
     }
 
     fn notify(&self, req: &Request<'_>, ev: u8) {
@@ -304,10 +302,7 @@ impl Control {
     }
 }
 
-fn trim_nul(b: &[u8]) -> &[u8] {
-    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    &b[..n]
-}
+use super::trim_nul;
 
 impl genl::Family for Control {
     fn doit(&self, c: u8, req: &Request<'_>) -> Result {

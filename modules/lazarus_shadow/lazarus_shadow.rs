@@ -101,9 +101,14 @@ pub(crate) struct Config {
 
 impl Config {
     pub(crate) fn ifname(&self) -> &[u8] {
-        let n = self.ifname.iter().position(|&c| c == 0).unwrap_or(self.ifname.len());
-        &self.ifname[..n]
+        trim_nul(&self.ifname)
     }
+}
+
+/// The bytes before the first NUL (all of them when there is none).
+pub(crate) fn trim_nul(b: &[u8]) -> &[u8] {
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..n]
 }
 
 /// What runs while a service is configured. Dropping it stops the heartbeat thread,

@@ -25,7 +25,6 @@ const PROMPT_TRIES: u32 = 3;
 /// What a takeover did.
 pub(crate) struct Outcome {
     pub(crate) conns: u32,
-    pub(crate) prompted: u32,
     pub(crate) took_ms: u32,
 }
 
@@ -86,5 +85,5 @@ pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Resu
     let took_ms = now_ms().saturating_sub(start).min(u32::MAX as u64) as u32;
     let conns = shared.conns();
     pr_info!("takeover: serving {} connections ({} prompted) after {} ms\n", conns, prompted, took_ms);
-    Ok(Outcome { conns, prompted, took_ms })
+    Ok(Outcome { conns, took_ms })
 }
