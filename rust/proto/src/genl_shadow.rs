@@ -36,7 +36,9 @@ pub mod event {
     pub const PEER_ALIVE: u8 = 3;
     pub const PEER_FAILED: u8 = 4;
     pub const TAKEOVER: u8 = 5;
-    pub const NAMES: &[&str] = &["configured", "deconfigured", "peer-alive", "peer-failed", "takeover"];
+    pub const RETENTION_OVERFLOW: u8 = 6;
+    pub const APP_LAG: u8 = 7;
+    pub const NAMES: &[&str] = &["configured", "deconfigured", "peer-alive", "peer-failed", "takeover", "retention-overflow", "app-lag"];
     pub const FIRST: u8 = 1;
 }
 
@@ -76,7 +78,21 @@ pub mod shadow_attr {
     pub const EVENT: u16 = 16;
     /// Time the takeover itself took (gate, prompts), in milliseconds.
     pub const TAKEOVER_MS: u16 = 17;
-    pub const MAX: u16 = 17;
+    /// Primary: client bytes kept until the backup's TCP has them, in KiB over all connections (64 to 1048576, default 16384). When it overflows the primary stops keeping bytes and is no longer fault-tolerant until reconfigured.
+    pub const RETAIN_KB: u16 = 18;
+    /// Primary: how long a FIN its program produced is held while the backup's program has not produced it too (MaxDelayFIN; default 500, 0 never holds).
+    pub const MAX_DELAY_FIN_MS: u16 = 19;
+    /// Report this node's program lagging its twin's output by more than this many KiB (AppMaxLagBytes; default 1024).
+    pub const APP_MAX_LAG_KB: u16 = 20;
+    /// ... for at least this long (AppMaxLagTime; default 2000).
+    pub const APP_MAX_LAG_MS: u16 = 21;
+    /// 1 while the peer is alive and (on the primary) its retention has not overflowed: a failure of either node now loses no client byte.
+    pub const FAULT_TOLERANT: u16 = 22;
+    /// Client bytes currently kept for the backup (primary).
+    pub const RETAINED_BYTES: u16 = 23;
+    /// How far this node's program is behind its twin's (app-lag events).
+    pub const LAG_BYTES: u16 = 24;
+    pub const MAX: u16 = 24;
 }
 
 /// Attributes of the `stats` set.
@@ -108,7 +124,27 @@ pub mod stats_attr {
     pub const PARSE_ERRORS: u16 = 13;
     /// Client acknowledgments cut back to what this node's program has sent so far (it lags the primary).
     pub const ACKS_CLAMPED: u16 = 14;
-    pub const MAX: u16 = 14;
+    /// Progress reports (datagrams of per-connection records) sent to the peer.
+    pub const PROGRESS_SENT: u16 = 15;
+    /// Progress reports accepted from the peer.
+    pub const PROGRESS_RECEIVED: u16 = 16;
+    /// Progress reports that were malformed, from elsewhere or for another service.
+    pub const PROGRESS_REJECTED: u16 = 17;
+    /// Client segments the primary kept for the backup.
+    pub const RETAINED_SEGMENTS: u16 = 18;
+    /// Requests for missed client bytes: sent (backup) or received (primary).
+    pub const RESEND_REQUESTS: u16 = 19;
+    /// Kept client segments the primary sent again to the backup.
+    pub const RESENT_SEGMENTS: u16 = 20;
+    /// Times the retention budget overflowed (the primary then stops being fault-tolerant).
+    pub const RETENTION_OVERFLOWS: u16 = 21;
+    /// Connections the backup never reported; the primary stopped keeping their bytes.
+    pub const UNPROTECTED_CONNS: u16 = 22;
+    /// FIN segments the primary held because its backup had not closed yet (MaxDelayFIN).
+    pub const FINS_HELD: u16 = 23;
+    /// Connections on which this node's program lagged its twin beyond the limits.
+    pub const APP_LAG_REPORTS: u16 = 24;
+    pub const MAX: u16 = 24;
 }
 
 /// Attributes of the `conn` set.
@@ -127,7 +163,11 @@ pub mod conn_attr {
     pub const CLIENT_ACKED: u16 = 7;
     /// bit 0 client FIN, bit 1 server FIN, bit 2 RST, bit 3 options mismatch.
     pub const FLAGS: u16 = 8;
-    pub const MAX: u16 = 8;
+    /// The peer's next expected client byte, from its latest progress report.
+    pub const PEER_NEXT: u16 = 9;
+    /// Client bytes kept for the backup on this connection (primary).
+    pub const RETAINED: u16 = 10;
+    pub const MAX: u16 = 10;
 }
 
 /// Validation policy for requests, indexed by attribute id.
@@ -149,6 +189,13 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: shadow_attr::CONN, kind: AttrKind::Nest, min: None, max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::EVENT, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::TAKEOVER_MS, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::RETAIN_KB, kind: AttrKind::U32, min: Some(64), max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::MAX_DELAY_FIN_MS, kind: AttrKind::U32, min: None, max: Some(10000), max_len: 0 },
+    AttrPolicy { id: shadow_attr::APP_MAX_LAG_KB, kind: AttrKind::U32, min: Some(1), max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::APP_MAX_LAG_MS, kind: AttrKind::U32, min: None, max: Some(60000), max_len: 0 },
+    AttrPolicy { id: shadow_attr::FAULT_TOLERANT, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
+    AttrPolicy { id: shadow_attr::RETAINED_BYTES, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::LAG_BYTES, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
 ];
 
 /// Command numbers.

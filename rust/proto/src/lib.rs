@@ -22,5 +22,6 @@ pub mod genl_core;
 pub mod genl_shadow;
 pub mod packet;
 pub mod ports;
+pub mod progress;
 pub mod seq;
 pub mod shadow;
