@@ -7,11 +7,18 @@
 //! without a fresh beat declare the peer failed: reported once on the events group,
 //! where `lazarusd` fences the primary and calls takeover. A beat from the peer after
 //! that reports it alive again.
+//!
+//! The same thread and socket carry the progress reports ([`super::sync`]): sent every
+//! interval and whenever a hook marks the service urgent, received between beats.
 
 use super::lzk::genl::Notifier;
 use super::lzk::kthread::{self, ThreadBody};
 use super::lzk::net::Ipv4Addr;
 use super::lzk::proto::beat::{Beat, Detector, PeerState, Role, BEAT_LEN};
+use super::lzk::proto::flowtab::FlowKey;
+use super::lzk::proto::progress::{self, MAX_LEN};
+use super::lzk::tcp::EstablishedSock;
+use super::sync::{Lag, Sync};
 use super::lzk::proto::genl_shadow::{self as spec, cmd, event, peer_state, role, shadow_attr as a};
 use super::lzk::sock::{SockAddr, Socket};
 use super::{bump, now_ms, Shared};
@@ -29,6 +36,7 @@ pub(crate) struct Beater {
     pub(crate) vip: [u8; 4],
     pub(crate) port: u16,
     pub(crate) notifier: Notifier,
+    pub(crate) sync: Sync,
 }
 
 impl Beater {
@@ -37,7 +45,7 @@ impl Beater {
         Beat {
             role: if s.role.load(Ordering::Relaxed) == role::BACKUP { Role::Backup } else { Role::Primary },
             gate_open: s.gate_open.load(Ordering::Relaxed),
-            protected: s.peer_state.load(Ordering::Relaxed) == peer_state::ALIVE,
+            protected: s.fault_tolerant(),
             service: self.vip,
             service_port: self.port,
             counter,
@@ -46,8 +54,15 @@ impl Beater {
     }
 
     fn notify(&self, ev: u8, silence_ms: Option<u64>) {
+        self.notify_lag(ev, silence_ms, None)
+    }
+
+    fn notify_lag(&self, ev: u8, silence_ms: Option<u64>, lag: Option<u32>) {
         let s = &*self.shared;
         let _ = self.notifier.notify(spec::MCGRP_EVENTS, cmd::SHADOW_NTF, |m| {
+            if let Some(l) = lag {
+                m.put_u32(a::LAG_BYTES, l)?;
+            }
             m.put_u8(a::EVENT, ev)?;
             m.put_u8(a::ROLE, s.role.load(Ordering::Relaxed))?;
             m.put_u8(a::PEER_STATE, s.peer_state.load(Ordering::Relaxed))?;
@@ -67,6 +82,36 @@ impl Beater {
     }
 }
 
+impl Beater {
+    fn report(&self, now: u64) {
+        if self.shared.peer_state.load(Ordering::Relaxed) == peer_state::FAILED {
+            return;
+        }
+        let mut lags = KVec::new();
+        self.sync.report(&self.shared, &self.sock, self.peer, now, &mut lags);
+        for l in lags.iter() {
+            self.lagging(l);
+        }
+    }
+
+    fn lagging(&self, l: &Lag) {
+        pr_warn!("this node's program lags its twin's by {} bytes on a connection\n", l.bytes);
+        self.notify_lag(event::APP_LAG, None, Some(l.bytes));
+    }
+
+    /// The backup has produced the FINs the primary held: send them now rather than
+    /// on the retransmission timer.
+    fn release_fins(&self, keys: &[FlowKey]) {
+        for k in keys {
+            if let Some(sk) = EstablishedSock::lookup(super::lzk::net::Net::init(), (k.client, k.client_port), (self.vip, self.port)) {
+                if sk.prompt() {
+                    bump(&self.shared.stats.prompts);
+                }
+            }
+        }
+    }
+}
+
 impl ThreadBody for Beater {
     fn run(&self) {
         let s = &*self.shared;
@@ -75,7 +120,8 @@ impl ThreadBody for Beater {
         let mut next_send = 0u64;
         let mut next_gc = now_ms() + GC_INTERVAL_MS;
         let mut timeout_ms = 0u32;
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; MAX_LEN + 1];
+        let mut overflow_handled = false;
         while !kthread::should_stop() {
             let interval = s.heartbeat_ms.load(Ordering::Relaxed).max(1);
             let want = (interval / 4).max(2);
@@ -90,8 +136,22 @@ impl ThreadBody for Beater {
                     bump(&s.stats.beats_sent);
                 }
                 next_send = now + interval as u64;
+                s.urgent.store(false, Ordering::Relaxed);
+                self.report(now);
+            } else if s.urgent.swap(false, Ordering::Relaxed) {
+                self.report(now);
             }
             match self.sock.recv(&mut buf) {
+                Ok((n, from)) if progress::is_progress(&buf[..n]) => {
+                    let from_peer = from.is_some_and(|f| f.addr.0 == self.peer.addr.0);
+                    if from_peer {
+                        let mut release = KVec::new();
+                        self.sync.receive(s, &buf[..n.min(MAX_LEN + 1)], now_ms(), interval as u64, &mut release);
+                        self.release_fins(&release);
+                    } else {
+                        bump(&s.stats.progress_rejected);
+                    }
+                }
                 Ok((n, from)) => match self.valid(&buf[..n.min(BEAT_LEN + 1)], from) {
                     Some(b) if det.on_beat(b.counter, now_ms()) => {
                         bump(&s.stats.beats_received);
@@ -121,8 +181,22 @@ impl ThreadBody for Beater {
                         interval
                     );
                     self.notify(event::PEER_FAILED, silence);
+                    // Nothing kept can reach a dead backup; the connections open now
+                    // stay unprotected even if it comes back (it missed their bytes).
+                    if s.role.load(Ordering::Relaxed) == role::PRIMARY {
+                        s.drop_retention();
+                    }
                 }
                 _ => {}
+            }
+            if !overflow_handled && s.overflowed.load(Ordering::Relaxed) {
+                overflow_handled = true;
+                s.drop_retention();
+                pr_warn!(
+                    "retention budget of {} KiB overflowed: the backup lags; this node is no longer fault-tolerant\n",
+                    s.retain_limit.load(Ordering::Relaxed) / 1024
+                );
+                self.notify(event::RETENTION_OVERFLOW, None);
             }
             if now >= next_gc {
                 s.collect_garbage(now);

@@ -10,10 +10,13 @@ use super::lzk::genl::{self, Dump, FamilySpec, Message, Request};
 use super::lzk::kthread::Thread;
 use super::lzk::net::{Ipv4Addr, Net};
 use super::lzk::netfilter::{self, Hook};
-use super::lzk::proto::beat::DEFAULT_PORT;
+use super::lzk::proto::beat::{Role, DEFAULT_PORT};
 use super::lzk::proto::flowtab::{FlowKey, FlowTable, Slot};
+use super::lzk::proto::progress::Record;
+use super::lzk::proto::shadow::Shadow;
 use super::lzk::proto::genl_shadow::{self as spec, cmd, conn_attr as ca, event, role, shadow_attr as a, stats_attr as st};
 use super::lzk::sock::{Kind, SockAddr, Socket};
+use super::sync::Sync;
 use super::takeover::{self, Refused};
 use super::{now_ms, Config, Conn, Live, Shared, Table, VERSION};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +35,11 @@ static SPEC: FamilySpec = FamilySpec {
 const DEFAULT_HEARTBEAT_MS: u32 = 100;
 const DEFAULT_MAX_CONNS: u32 = 16384;
 const MAX_MAX_CONNS: u32 = 1 << 20;
+const DEFAULT_RETAIN_KB: u32 = 16384;
+const MAX_RETAIN_KB: u32 = 1 << 20;
+const DEFAULT_MAX_DELAY_FIN_MS: u32 = 500;
+const DEFAULT_APP_MAX_LAG_KB: u32 = 1024;
+const DEFAULT_APP_MAX_LAG_MS: u32 = 2000;
 
 pub(crate) struct Control {
     shared: Arc<Shared>,
@@ -46,7 +54,7 @@ fn be_u32(addr: [u8; 4]) -> u32 {
 }
 
 fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
-    let all: [(u16, &AtomicU64); 14] = [
+    let all: [(u16, &AtomicU64); 24] = [
         (st::CLIENT_SEGMENTS, &s.client_segments),
         (st::SWALLOWED, &s.swallowed),
         (st::TRANSLATED_IN, &s.translated_in),
@@ -61,6 +69,16 @@ fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
         (st::PROMPTS, &s.prompts),
         (st::PARSE_ERRORS, &s.parse_errors),
         (st::ACKS_CLAMPED, &s.acks_clamped),
+        (st::PROGRESS_SENT, &s.progress_sent),
+        (st::PROGRESS_RECEIVED, &s.progress_received),
+        (st::PROGRESS_REJECTED, &s.progress_rejected),
+        (st::RETAINED_SEGMENTS, &s.retained_segments),
+        (st::RESEND_REQUESTS, &s.resend_requests),
+        (st::RESENT_SEGMENTS, &s.resent_segments),
+        (st::RETENTION_OVERFLOWS, &s.retention_overflows),
+        (st::UNPROTECTED_CONNS, &s.unprotected_conns),
+        (st::FINS_HELD, &s.fins_held),
+        (st::APP_LAG_REPORTS, &s.app_lag_reports),
     ];
     m.nest(a::STATS, |m| {
         for (id, c) in all {
@@ -70,7 +88,21 @@ fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
     })
 }
 
-fn put_conn(m: &mut Message, k: &FlowKey, c: &Conn) -> Result {
+/// What a dump shows of a connection, copied out under the table lock.
+#[derive(Clone, Copy, Default)]
+struct ConnView {
+    shadow: Shadow,
+    peer: Option<Record>,
+    retained: u64,
+}
+
+impl ConnView {
+    fn of(c: &Conn) -> Self {
+        ConnView { shadow: c.shadow, peer: c.peer, retained: c.kept.bytes() }
+    }
+}
+
+fn put_conn(m: &mut Message, k: &FlowKey, c: &ConnView) -> Result {
     m.nest(a::CONN, |m| {
         let sh = &c.shadow;
         let p = sh.progress();
@@ -84,7 +116,11 @@ fn put_conn(m: &mut Message, k: &FlowKey, c: &Conn) -> Result {
         m.put_u32(ca::CLIENT_NEXT, p.client_next.0)?;
         m.put_u32(ca::CLIENT_ACKED, p.client_acked.0)?;
         let flags = p.client_fin as u8 | (p.server_fin as u8) << 1 | (p.rst as u8) << 2 | (sh.options_mismatch() as u8) << 3;
-        m.put_u8(ca::FLAGS, flags)
+        m.put_u8(ca::FLAGS, flags)?;
+        if let Some(peer) = &c.peer {
+            m.put_u32(ca::PEER_NEXT, peer.rcv_next)?;
+        }
+        m.put_u32(ca::RETAINED, c.retained.min(u32::MAX as u64) as u32)
     })
 }
 
@@ -106,7 +142,13 @@ impl Control {
                     m.put_str(a::IFNAME, name)?;
                 }
                 m.put_u32(a::MAX_CONNS, cfg.max_conns)?;
+                m.put_u32(a::RETAIN_KB, (cfg.retain_bytes / 1024) as u32)?;
+                m.put_u32(a::MAX_DELAY_FIN_MS, cfg.max_delay_fin_ms)?;
+                m.put_u32(a::APP_MAX_LAG_KB, cfg.app_max_lag_bytes / 1024)?;
+                m.put_u32(a::APP_MAX_LAG_MS, cfg.app_max_lag_ms)?;
             }
+            m.put_u8(a::FAULT_TOLERANT, s.fault_tolerant() as u8)?;
+            m.put_u64(a::RETAINED_BYTES, s.retained_bytes.load(Ordering::Relaxed))?;
             m.put_u32(a::HEARTBEAT_MS, s.heartbeat_ms.load(Ordering::Relaxed))?;
             m.put_u8(a::GATE_OPEN, s.gate_open.load(Ordering::Relaxed) as u8)?;
             m.put_u8(a::PEER_STATE, s.peer_state.load(Ordering::Relaxed))?;
@@ -143,6 +185,10 @@ impl Control {
                 && same(a::PEER_ADDR, req.be32(a::PEER_ADDR).map(|v| (v == u32::from_be_bytes(cfg.peer)) as u32))
                 && same(a::BEAT_PORT, req.u16(a::BEAT_PORT).map(|v| (v == cfg.beat_port) as u32))
                 && same(a::MAX_CONNS, req.u32(a::MAX_CONNS).map(|v| (v == cfg.max_conns) as u32))
+                && same(a::RETAIN_KB, req.u32(a::RETAIN_KB).map(|v| (v as u64 * 1024 == cfg.retain_bytes) as u32))
+                && same(a::MAX_DELAY_FIN_MS, req.u32(a::MAX_DELAY_FIN_MS).map(|v| (v == cfg.max_delay_fin_ms) as u32))
+                && same(a::APP_MAX_LAG_KB, req.u32(a::APP_MAX_LAG_KB).map(|v| (v.saturating_mul(1024) == cfg.app_max_lag_bytes) as u32))
+                && same(a::APP_MAX_LAG_MS, req.u32(a::APP_MAX_LAG_MS).map(|v| (v == cfg.app_max_lag_ms) as u32))
                 && same(a::IFNAME, req.attr(a::IFNAME).map(|v| (trim_nul(v) == cfg.ifname()) as u32));
             if !unchanged {
                 req.set_message(c"the service is live: only heartbeat-ms may change; configure role none first");
@@ -163,13 +209,23 @@ impl Control {
                 return Err(EINVAL);
             }
             ifname[..n.len()].copy_from_slice(n);
-        } else if r == role::BACKUP {
-            return Err(req.missing(c"missing attribute: ifname (a backup listens on the client segment)"));
+        } else {
+            return Err(req.missing(c"missing attribute: ifname (the interface on the client segment)"));
         }
         let max_conns = req.u32(a::MAX_CONNS).unwrap_or(DEFAULT_MAX_CONNS);
         if max_conns > MAX_MAX_CONNS {
             // Netlink's inline policy ranges are 16-bit, so this bound is checked here.
             req.set_message(c"max-conns is at most 1048576");
+            return Err(ERANGE);
+        }
+        let retain_kb = req.u32(a::RETAIN_KB).unwrap_or(DEFAULT_RETAIN_KB);
+        if retain_kb > MAX_RETAIN_KB {
+            req.set_message(c"retain-kb is at most 1048576");
+            return Err(ERANGE);
+        }
+        let app_max_lag_kb = req.u32(a::APP_MAX_LAG_KB).unwrap_or(DEFAULT_APP_MAX_LAG_KB);
+        if app_max_lag_kb > (u32::MAX / 1024) {
+            req.set_message(c"app-max-lag-kb is at most 4194303");
             return Err(ERANGE);
         }
         if vip == 0 || peer == 0 || vip == peer {
@@ -184,6 +240,10 @@ impl Control {
             beat_port: req.u16(a::BEAT_PORT).unwrap_or(DEFAULT_PORT),
             ifname,
             max_conns,
+            retain_bytes: retain_kb as u64 * 1024,
+            max_delay_fin_ms: req.u32(a::MAX_DELAY_FIN_MS).unwrap_or(DEFAULT_MAX_DELAY_FIN_MS),
+            app_max_lag_bytes: app_max_lag_kb * 1024,
+            app_max_lag_ms: req.u32(a::APP_MAX_LAG_MS).unwrap_or(DEFAULT_APP_MAX_LAG_MS),
         };
         s.heartbeat_ms.store(heartbeat.unwrap_or(DEFAULT_HEARTBEAT_MS), Ordering::Relaxed);
         *live = Some(self.start(req, config)?);
@@ -219,13 +279,9 @@ impl Control {
         // SAFETY: `get_random_u64` may be called from process context.
         let seed = unsafe { kernel::bindings::get_random_u64() };
         let table: Table = FlowTable::new(v, seed).ok_or(EINVAL)?;
-        let dev = if config.ifname().is_empty() {
-            None
-        } else {
-            Some(NetDevice::by_name(net, config.ifname()).inspect_err(|_| {
-                req.set_message(c"no such interface (ifname)");
-            })?)
-        };
+        let dev = NetDevice::by_name(net, config.ifname()).inspect_err(|_| {
+            req.set_message(c"no such interface (ifname)");
+        })?;
         let sock = Socket::new(net, Kind::Udp)?;
         sock.bind(SockAddr { addr: Ipv4Addr::ANY, port: config.beat_port }).inspect_err(|_| {
             req.set_message(c"cannot bind the heartbeat port (in use?)");
@@ -237,6 +293,10 @@ impl Control {
         s.vip.store(u32::from_ne_bytes(config.vip), Ordering::Relaxed);
         s.role.store(config.role, Ordering::Relaxed);
         s.gate_open.store(config.role == role::PRIMARY, Ordering::Relaxed);
+        s.retain_limit.store(config.retain_bytes, Ordering::Relaxed);
+        s.max_delay_fin_ms.store(config.max_delay_fin_ms, Ordering::Relaxed);
+        s.overflowed.store(false, Ordering::Relaxed);
+        s.retained_bytes.store(0, Ordering::Relaxed);
         // SAFETY: The notifier lives in the heartbeat thread, which `Live` owns; the
         // module tears `Live` down before it unregisters the family.
         let notifier = unsafe { req.notifier() };
@@ -247,25 +307,35 @@ impl Control {
             vip: config.vip,
             port: config.port,
             notifier,
+            sync: Sync {
+                dev: dev.try_clone(net)?,
+                role: if config.role == role::BACKUP { Role::Backup } else { Role::Primary },
+                vip: config.vip,
+                port: config.port,
+                app_max_lag_bytes: config.app_max_lag_bytes,
+                app_max_lag_ms: config.app_max_lag_ms as u64,
+            },
         };
         let beat = Thread::spawn(c"lz_shadow_hb", beater)?;
-        let (hooks, promisc) = match (&dev, config.role) {
-            (Some(d), role::BACKUP) => {
-                let hooks = netfilter::Registration::with_device(
-                    net,
-                    Some(d.try_clone(net)?),
-                    &[(Hook::Ingress, 0), (Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)],
-                    Handler { shared: s.clone() },
-                )?;
-                let p = d.try_clone(net)?;
-                p.promiscuity(1)?;
-                (Some(hooks), Some(p))
-            }
-            _ => (None, None),
+        let backup = config.role == role::BACKUP;
+        let hooks: &[(Hook, i32)] = if backup {
+            &[(Hook::Ingress, 0), (Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)]
+        } else {
+            &[(Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW)]
+        };
+        // Only the ingress hook is per device.
+        let hook_dev = if backup { Some(dev.try_clone(net)?) } else { None };
+        let hooks = netfilter::Registration::with_device(net, hook_dev, hooks, Handler { shared: s.clone(), backup })?;
+        let promisc = if backup {
+            let p = dev.try_clone(net)?;
+            p.promiscuity(1)?;
+            Some(p)
+        } else {
+            None
         };
         // Publish last: the hooks do nothing until the port is set.
         s.port.store(config.port as u32, Ordering::Release);
-        Ok(Live { config, dev, _beat: beat, _hooks: hooks, promisc })
+        Ok(Live { config, dev: Some(dev), _beat: beat, _hooks: Some(hooks), promisc })
     }
 
     fn takeover(&self, c: u8, req: &Request<'_>) -> Result {
@@ -323,13 +393,13 @@ impl genl::Family for Control {
         const BATCH: usize = 32;
         loop {
             let from = dump.cursor();
-            let mut batch = [(0usize, FlowKey::default(), Conn::default()); BATCH];
+            let mut batch = [(0usize, FlowKey::default(), ConnView::default()); BATCH];
             let mut n = 0;
             let next = self
                 .shared
                 .with_table(|t| {
                     t.walk(from, BATCH, |slot, k, c| {
-                        batch[n] = (slot, *k, *c);
+                        batch[n] = (slot, *k, ConnView::of(c));
                         n += 1;
                     })
                 })

@@ -1,6 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
-//! The backup's packet path.
+//! The packet paths of both roles.
 //!
+//! On the primary:
+//! - PRE_ROUTING: each client segment carrying data or a FIN is kept (a clone) until
+//!   the backup's report says its TCP has the bytes ([`super::sync`] releases and
+//!   resends them).
+//! - LOCAL_OUT: a FIN the backup's program has not produced yet is held, up to
+//!   MaxDelayFIN: the segment is consumed and TCP sends it again on its timer (or at
+//!   once when the backup reports its FIN).
+//!
+//! On the backup:
 //! - Ingress (the client-segment device): frames for the service that are addressed
 //!   to the primary's MAC become this host's, so IP accepts them; the primary's own
 //!   segments to clients are read for their SYN-ACK options and timestamps.
@@ -18,6 +27,7 @@
 use super::lzk::netfilter::{Hook, HookHandler, Verdict};
 use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::packet::{Ipv4Header, Ipv4Tcp, TcpFlags, TcpOptions};
+use super::lzk::proto::progress::flag;
 use super::lzk::proto::seq::Seq;
 use super::lzk::proto::shadow::{ClientSegment, Mapping, Shadow, SynAck};
 use super::lzk::skb::SkBuff;
@@ -38,6 +48,9 @@ const PACKET_OTHERHOST: u8 = bindings::PACKET_OTHERHOST as u8;
 
 pub(crate) struct Handler {
     pub(crate) shared: Arc<Shared>,
+    /// Registered for a backup (it keeps its backup hooks after takeover, to map its
+    /// output for the rest of each connection's life).
+    pub(crate) backup: bool,
 }
 
 fn flags(p: &Ipv4Tcp) -> (bool, bool, bool, bool) {
@@ -56,6 +69,13 @@ impl HookHandler for Handler {
             return Verdict::Accept;
         }
         let vip = self.shared.vip.load(Ordering::Relaxed).to_ne_bytes();
+        if !self.backup {
+            return match hook {
+                Hook::PreRouting => self.keep_for_backup(skb, vip, port),
+                Hook::LocalOut => self.hold_fin(skb, vip, port),
+                _ => Verdict::Accept,
+            };
+        }
         match hook {
             Hook::Ingress => self.ingress(skb, vip, port),
             Hook::PreRouting => self.from_client(skb, vip, port),
@@ -89,6 +109,107 @@ impl Handler {
             skb.set_pkt_type(PACKET_HOST);
         } else if p.ip.src == vip && p.tcp.src_port == port && !self.gate_open() {
             self.observe_primary(&buf[..n], &p, port);
+        }
+        Verdict::Accept
+    }
+
+    /// Primary: keep a clone of a client segment with data or a FIN until the backup
+    /// has it.
+    fn keep_for_backup(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
+        let Ok(p) = skb.ipv4_tcp() else {
+            return Verdict::Accept;
+        };
+        if p.ip.dst != vip || p.tcp.dst_port != port {
+            return Verdict::Accept;
+        }
+        let s = &*self.shared;
+        bump(&s.stats.client_segments);
+        let (syn, ack, _, rst) = flags(&p);
+        let key = FlowKey { client: p.ip.src, client_port: p.tcp.src_port, service: vip, service_port: port };
+        let now = now_ms();
+        if syn && !ack {
+            // A new connection (or a SYN again on the tuple of an old one).
+            let fresh = s.retaining();
+            let inserted = s.with_table(|t| {
+                if t.get(&key).is_some_and(|c| c.finished()) {
+                    if let Some(old) = t.remove(&key) {
+                        let b = old.kept.bytes().min(s.retained_bytes.load(Ordering::Relaxed));
+                        s.retained_bytes.fetch_sub(b, Ordering::Relaxed);
+                    }
+                }
+                t.get_or_insert_with(key, Conn::default).map(|c| {
+                    c.last_ms = now;
+                    // A connection that begins while the backup is away stays
+                    // unprotected: the backup never sees its beginning.
+                    c.retention.unprotected = !fresh;
+                })
+            });
+            if let Some(Err(_)) = inserted {
+                bump(&s.stats.table_full);
+            }
+            return Verdict::Accept;
+        }
+        let seq = p.tcp.seq;
+        let end = seq.add(p.seq_len());
+        if rst || end == seq || !s.retaining() {
+            return Verdict::Accept;
+        }
+        let limit = s.retain_limit.load(Ordering::Relaxed);
+        let kept = s.with_table(|t| {
+            let c = t.get_mut(&key)?;
+            c.last_ms = now;
+            if !c.retention.keep(seq, end) {
+                return None;
+            }
+            let Some(mut clone) = skb.clone_owned() else {
+                // Out of memory: the backup may miss this segment for good.
+                c.retention.unprotected = true;
+                c.kept.clear();
+                bump(&s.stats.unprotected_conns);
+                return None;
+            };
+            clone.set_tag(seq.0, end.0);
+            let len = clone.len() as u64;
+            c.kept.push_back(clone);
+            c.retention.on_kept(now);
+            Some(s.retained_bytes.fetch_add(len, Ordering::Relaxed) + len)
+        });
+        if let Some(Some(total)) = kept {
+            bump(&s.stats.retained_segments);
+            if total > limit && !s.overflowed.swap(true, Ordering::Relaxed) {
+                // The heartbeat thread frees everything and reports it.
+                bump(&s.stats.retention_overflows);
+                s.urgent.store(true, Ordering::Relaxed);
+            }
+        }
+        Verdict::Accept
+    }
+
+    /// Primary: hold a FIN its backup's program has not produced (MaxDelayFIN).
+    fn hold_fin(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
+        let s = &*self.shared;
+        let max_delay = s.max_delay_fin_ms.load(Ordering::Relaxed) as u64;
+        if max_delay == 0 || !s.fault_tolerant() {
+            return Verdict::Accept;
+        }
+        let Ok(p) = skb.ipv4_tcp() else {
+            return Verdict::Accept;
+        };
+        if p.ip.src != vip || p.tcp.src_port != port || !p.tcp.flags.has(TcpFlags::FIN) {
+            return Verdict::Accept;
+        }
+        let key = FlowKey { client: p.ip.dst, client_port: p.tcp.dst_port, service: vip, service_port: port };
+        let now = now_ms();
+        let hold = s.with_table(|t| {
+            let c = t.get_mut(&key)?;
+            // Only a connection the backup follows: its report says where it is.
+            let peer = c.peer?;
+            let backup_fin = peer.has(flag::FIN_OUT) || peer.has(flag::CLOSED) || peer.has(flag::RST);
+            Some(!c.retention.unprotected && c.fin.hold(now, backup_fin, max_delay))
+        });
+        if hold == Some(Some(true)) {
+            bump(&s.stats.fins_held);
+            return Verdict::Consume;
         }
         Verdict::Accept
     }
@@ -139,6 +260,7 @@ impl Handler {
                 let fresh = || Conn {
                     shadow: if gate_open { Shadow::native(p.tcp.seq) } else { Shadow::new(p.tcp.seq) },
                     last_ms: now,
+                    ..Conn::default()
                 };
                 // A SYN on the tuple of a finished connection starts a new one.
                 if t.get(&key).is_some_and(|c| c.shadow.finished()) {
@@ -232,6 +354,10 @@ impl Handler {
             Some((m, ts, c.shadow.outbound_window(p.tcp.window)))
         });
         if !gate_open {
+            if fin {
+                // The primary may be holding its FIN for ours: report it soon.
+                self.shared.urgent.store(true, Ordering::Relaxed);
+            }
             return self.swallow();
         }
         if let Some(Some((m, ts, window))) = out {

@@ -17,7 +17,14 @@
 //!   primary's spaces for the rest of each connection's life, and prompts every
 //!   connection so clients resume at once ([`takeover`]).
 //!
-//! On the primary it only exchanges heartbeats.
+//! On the primary it keeps a copy of each client segment until the backup's TCP has
+//! it, sends kept segments again when the backup asks, and holds a FIN that the
+//! backup's program has not produced yet ([`hooks`], [`sync`]). Both nodes report
+//! each connection's progress to the other every heartbeat interval ([`sync`]).
+
+// `pin_init!` expands recursively per field; `Shared` has more fields than the
+// default limit allows.
+#![recursion_limit = "256"]
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use kernel::prelude::*;
@@ -31,12 +38,15 @@ mod lzk;
 mod beat;
 mod control;
 mod hooks;
+mod sync;
 mod takeover;
 
 use lzk::bh::BhGuard;
 use lzk::proto::flowtab::{FlowTable, Slot};
 use lzk::proto::genl_shadow::{peer_state, role};
+use lzk::proto::progress::{FinHold, Follower, LagWatch, Record, Retention};
 use lzk::proto::shadow::Shadow;
+use lzk::skbq::SkbQueue;
 
 module! {
     type: LazarusShadow,
@@ -55,11 +65,37 @@ const FINISHED_LINGER_MS: u64 = 60_000;
 const IDLE_FORGET_MS: u64 = 2 * 3600 * 1000;
 
 /// One connection in the table.
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 pub(crate) struct Conn {
+    /// Backup: the mapping between the two nodes' spaces.
     pub(crate) shadow: Shadow,
     /// Last time a segment of the connection passed (monotonic ms).
     pub(crate) last_ms: u64,
+    /// Primary: client segments kept until the backup has them, oldest first, each
+    /// tagged with its sequence range.
+    pub(crate) kept: SkbQueue,
+    /// Primary: what the backup has, and whether to keep anything.
+    pub(crate) retention: Retention,
+    /// Primary: a FIN held for the backup (MaxDelayFIN).
+    pub(crate) fin: FinHold,
+    /// Backup: when to ask for missed bytes.
+    pub(crate) follower: Follower,
+    /// Backup: ask in the next report.
+    pub(crate) want_resend: bool,
+    /// The peer's latest report on this connection.
+    pub(crate) peer: Option<Record>,
+    /// This node's latest report and when it went out (unchanged progress is not
+    /// repeated every interval).
+    pub(crate) sent: Option<(Record, u64)>,
+    /// Whether this node's program lags its twin's.
+    pub(crate) lag: LagWatch,
+}
+
+impl Conn {
+    /// Both ends closed (backup: as seen on the wire; primary: its socket is gone).
+    pub(crate) fn finished(&self) -> bool {
+        self.shadow.finished() || self.sent.is_some_and(|(r, _)| r.has(lzk::proto::progress::flag::CLOSED))
+    }
 }
 
 pub(crate) type Table = FlowTable<Conn, KVVec<Slot<Conn>>>;
@@ -81,6 +117,16 @@ pub(crate) struct Stats {
     pub(crate) prompts: AtomicU64,
     pub(crate) parse_errors: AtomicU64,
     pub(crate) acks_clamped: AtomicU64,
+    pub(crate) progress_sent: AtomicU64,
+    pub(crate) progress_received: AtomicU64,
+    pub(crate) progress_rejected: AtomicU64,
+    pub(crate) retained_segments: AtomicU64,
+    pub(crate) resend_requests: AtomicU64,
+    pub(crate) resent_segments: AtomicU64,
+    pub(crate) retention_overflows: AtomicU64,
+    pub(crate) unprotected_conns: AtomicU64,
+    pub(crate) fins_held: AtomicU64,
+    pub(crate) app_lag_reports: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -97,6 +143,11 @@ pub(crate) struct Config {
     pub(crate) beat_port: u16,
     pub(crate) ifname: [u8; lzk::dev::IFNAME_MAX + 1],
     pub(crate) max_conns: u32,
+    /// Retention budget in bytes (primary).
+    pub(crate) retain_bytes: u64,
+    pub(crate) max_delay_fin_ms: u32,
+    pub(crate) app_max_lag_bytes: u32,
+    pub(crate) app_max_lag_ms: u32,
 }
 
 impl Config {
@@ -151,6 +202,16 @@ pub(crate) struct Shared {
     pub(crate) peer_state: AtomicU8,
     /// Monotonic ms of the last fresh heartbeat, 0 before the first.
     pub(crate) last_beat_ms: AtomicU64,
+    /// Primary: client bytes kept over all connections, and the budget.
+    pub(crate) retained_bytes: AtomicU64,
+    pub(crate) retain_limit: AtomicU64,
+    /// Primary: the budget overflowed; nothing is kept until reconfigured.
+    pub(crate) overflowed: AtomicBool,
+    /// Primary: MaxDelayFIN.
+    pub(crate) max_delay_fin_ms: AtomicU32,
+    /// A connection's progress changed in a way the peer should hear of before the
+    /// next interval (a FIN, a resend request).
+    pub(crate) urgent: AtomicBool,
     pub(crate) stats: Stats,
     #[pin]
     pub(crate) table: SpinLock<Option<Table>>,
@@ -174,6 +235,11 @@ impl Shared {
             heartbeat_ms: AtomicU32::new(100),
             peer_state: AtomicU8::new(peer_state::UNKNOWN),
             last_beat_ms: AtomicU64::new(0),
+            retained_bytes: AtomicU64::new(0),
+            retain_limit: AtomicU64::new(0),
+            overflowed: AtomicBool::new(false),
+            max_delay_fin_ms: AtomicU32::new(0),
+            urgent: AtomicBool::new(false),
             stats: Stats::default(),
             table <- new_spinlock!(None),
             live <- new_mutex!(None),
@@ -187,6 +253,33 @@ impl Shared {
         t.as_mut().map(f)
     }
 
+    /// The peer answers heartbeats and (on the primary) every client byte the backup
+    /// may lack is kept: a failure of either node now loses nothing.
+    pub(crate) fn fault_tolerant(&self) -> bool {
+        self.peer_state.load(Ordering::Relaxed) == peer_state::ALIVE && !self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Keep client segments for the backup now.
+    pub(crate) fn retaining(&self) -> bool {
+        self.role.load(Ordering::Relaxed) == role::PRIMARY && self.gate_open.load(Ordering::Relaxed) && self.fault_tolerant()
+    }
+
+    /// Free every kept segment and stop keeping any for the connections open now
+    /// (the backup failed, or the budget overflowed). Any context.
+    pub(crate) fn drop_retention(&self) {
+        self.with_table(|t| {
+            t.retain(|_, c| {
+                if !c.retention.unprotected {
+                    c.retention.unprotected = true;
+                    bump(&self.stats.unprotected_conns);
+                }
+                c.kept.clear();
+                true
+            })
+        });
+        self.retained_bytes.store(0, Ordering::Relaxed);
+    }
+
     /// Connections in the table.
     pub(crate) fn conns(&self) -> u32 {
         self.with_table(|t| t.len() as u32).unwrap_or(0)
@@ -197,7 +290,11 @@ impl Shared {
         self.with_table(|t| {
             t.retain(|_, c| {
                 let idle = now.saturating_sub(c.last_ms);
-                !(c.shadow.finished() && idle > FINISHED_LINGER_MS) && idle < IDLE_FORGET_MS
+                let keep = !(c.finished() && idle > FINISHED_LINGER_MS) && idle < IDLE_FORGET_MS;
+                if !keep {
+                    self.retained_bytes.fetch_sub(c.kept.bytes().min(self.retained_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                }
+                keep
             })
         });
     }
@@ -215,6 +312,8 @@ impl Shared {
         self.role.store(role::NONE, Ordering::Relaxed);
         self.peer_state.store(peer_state::UNKNOWN, Ordering::Relaxed);
         self.last_beat_ms.store(0, Ordering::Relaxed);
+        self.overflowed.store(false, Ordering::Relaxed);
+        self.retained_bytes.store(0, Ordering::Relaxed);
         // No hook runs any more; free the table outside the spinlock (it may be
         // vmalloc'd, and freeing that must not happen with bottom halves off).
         let table = {

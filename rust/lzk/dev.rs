@@ -52,6 +52,21 @@ impl NetDevice {
         self.ptr.as_ptr()
     }
 
+    /// The device's hardware (MAC) address; zeros for devices with a shorter one.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        // SAFETY: The device is valid (type invariant); `dev_addr` points at
+        // `addr_len` bytes. A concurrent address change may tear the read, which at
+        // worst sends one frame from a stale source address.
+        unsafe {
+            let d = self.as_ptr();
+            if (*d).addr_len as usize == mac.len() && !(*d).dev_addr.is_null() {
+                core::ptr::copy_nonoverlapping((*d).dev_addr, mac.as_mut_ptr(), mac.len());
+            }
+        }
+        mac
+    }
+
     /// Interface index.
     pub fn ifindex(&self) -> i32 {
         // SAFETY: The device is valid (type invariant); `ifindex` is fixed once registered.

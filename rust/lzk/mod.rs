@@ -21,6 +21,7 @@ pub mod kthread;
 pub mod net;
 pub mod netfilter;
 pub mod skb;
+pub mod skbq;
 pub mod sock;
 pub mod sysctl;
 pub mod tcp;

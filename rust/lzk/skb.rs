@@ -182,6 +182,18 @@ impl<'a> SkBuff<'a> {
         unsafe { bindings::lz_skb_set_untracked(self.raw()) };
     }
 
+    /// A clone of the packet that the caller owns (sharing the data, which nobody
+    /// writes without unsharing first). Atomic allocation; `None` when memory is
+    /// short.
+    pub fn clone_owned(&self) -> Option<super::skbq::OwnedSkb> {
+        // SAFETY: The skb is valid (type invariant); `skb_clone` returns a new skb
+        // header (or null) that we own exclusively, with `data` where the original's
+        // is: at the network header.
+        let c = unsafe { bindings::skb_clone(self.raw(), bindings::GFP_ATOMIC) };
+        // SAFETY: As above: fresh, exclusively ours, on no queue.
+        NonNull::new(c).map(|c| unsafe { super::skbq::OwnedSkb::from_raw(c) })
+    }
+
     /// Copy `dst.len()` bytes starting at `offset` (from the network header) out of the
     /// packet, wherever they are stored.
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) -> Result {

@@ -11,6 +11,28 @@ use kernel::bindings;
 /// has nothing to say: TIME_WAIT, CLOSE, LISTEN, NEW_SYN_RECV.
 const QUIET_STATES: [u8; 4] = [6, 7, 10, 12];
 
+/// Full-socket states after the peer's FIN: CLOSE_WAIT, LAST_ACK, CLOSING.
+const FIN_IN_STATES: [u8; 3] = [8, 9, 11];
+/// Full-socket states after our FIN was queued: FIN_WAIT1, FIN_WAIT2, LAST_ACK, CLOSING.
+const FIN_OUT_STATES: [u8; 4] = [4, 5, 9, 11];
+
+/// A snapshot of a connection's sequence state (`struct tcp_sock`).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpProgress {
+    /// Next byte expected from the peer.
+    pub rcv_nxt: u32,
+    /// Oldest byte sent and not yet acknowledged.
+    pub snd_una: u32,
+    /// Next byte the program reads.
+    pub copied_seq: u32,
+    /// One past the last byte the program wrote (its FIN included).
+    pub write_seq: u32,
+    /// The peer's FIN has arrived.
+    pub fin_in: bool,
+    /// Our FIN has been queued.
+    pub fin_out: bool,
+}
+
 /// A counted reference to a socket in the established hash (a full socket, a
 /// request socket or a TIME_WAIT socket).
 ///
@@ -53,6 +75,37 @@ impl EstablishedSock {
         // SAFETY: The socket is valid while referenced (type invariant); the state is
         // a single byte read without tearing.
         unsafe { core::ptr::read_volatile(&(*self.sk.as_ptr()).__sk_common.skc_state) }
+    }
+
+    /// Where the connection stands, or `None` when this is not a full socket (a
+    /// request or TIME_WAIT socket, or a closed one). Read without the socket lock:
+    /// each number is one aligned word, so a reading may mix moments a few
+    /// microseconds apart but never tears a number. Any context.
+    pub fn progress(&self) -> Option<TcpProgress> {
+        let state = self.state();
+        if QUIET_STATES.contains(&state) {
+            return None;
+        }
+        // SAFETY: A full TCP socket (state checked above; request and TIME_WAIT
+        // sockets are separate objects whose state never changes into a full
+        // socket's), valid while referenced (type invariant). Plain word reads.
+        let (rcv_nxt, snd_una, copied_seq, write_seq) = unsafe {
+            let tp = bindings::tcp_sk(self.sk.as_ptr());
+            (
+                core::ptr::read_volatile(&(*tp).rcv_nxt),
+                core::ptr::read_volatile(&(*tp).snd_una),
+                core::ptr::read_volatile(&(*tp).copied_seq),
+                core::ptr::read_volatile(&(*tp).write_seq),
+            )
+        };
+        Some(TcpProgress {
+            rcv_nxt,
+            snd_una,
+            copied_seq,
+            write_seq,
+            fin_in: FIN_IN_STATES.contains(&state),
+            fin_out: FIN_OUT_STATES.contains(&state),
+        })
     }
 
     /// Make the socket send an ACK with its current state now, and bring a pending

@@ -234,6 +234,23 @@ impl<T, S: DerefMut<Target = [Slot<T>]>> FlowTable<T, S> {
         None
     }
 
+    /// Like [`FlowTable::walk`], with mutable access to each connection.
+    pub fn walk_mut(&mut self, from: usize, max: usize, mut f: impl FnMut(&FlowKey, &mut T)) -> Option<usize> {
+        let mut seen = 0;
+        let mut i = from;
+        while i < self.slots.len() {
+            if let Slot::Full(k, v) = &mut self.slots[i] {
+                if seen == max {
+                    return Some(i);
+                }
+                f(k, v);
+                seen += 1;
+            }
+            i += 1;
+        }
+        None
+    }
+
     /// Remove everything.
     pub fn clear(&mut self) {
         for s in self.slots.iter_mut() {
@@ -296,6 +313,12 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        // The mutable walk visits each once too, and its changes stick.
+        let mut at = Some(0);
+        while let Some(from) = at {
+            at = t.walk_mut(from, 7, |_, v| *v += 1000);
+        }
+        assert!((0..100).all(|i| t.get(&key(i)) == Some(&(i + 1000))));
     }
 
     #[derive(Debug, Clone)]

@@ -400,6 +400,7 @@ impl FinHold {
     /// has been held `max_delay_ms` already (0 never holds).
     pub fn hold(&mut self, now_ms: u64, backup_fin: bool, max_delay_ms: u64) -> bool {
         if backup_fin || max_delay_ms == 0 {
+            self.since = None;
             return false;
         }
         let since = *self.since.get_or_insert(now_ms);
@@ -555,6 +556,10 @@ mod tests {
         assert!(!h.hold(1500, false, 500), "MaxDelayFIN elapsed");
         let mut h = FinHold::default();
         assert!(!h.hold(0, true, 500), "the backup closed too");
+        assert!(!h.holding());
+        assert!(h.hold(10, false, 500));
+        assert!(!h.hold(20, true, 500));
+        assert!(!h.holding(), "released once the backup agrees");
         assert!(!h.hold(0, false, 0), "holding disabled");
     }
 
