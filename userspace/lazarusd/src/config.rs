@@ -135,6 +135,7 @@ impl Shadow {
             ifname: self.dev.clone(),
             heartbeat_ms: Some(self.heartbeat_ms),
             max_conns: Some(self.max_conns),
+            ..ShadowConfig::new(self.role)
         }
     }
 }

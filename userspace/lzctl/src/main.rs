@@ -8,7 +8,9 @@
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lazarus_proto::ports::PortSet;
-use lznl::{Client, Error, Monitor, PortStats, RawAttr, ShadowClient, ShadowConfig, ShadowConn, ShadowMonitor, ShadowRole, ShadowStatus};
+use lznl::{
+    Client, Error, Monitor, PortStats, RawAttr, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStatus,
+};
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -116,7 +118,8 @@ enum ShadowCmd {
     Takeover,
     /// List the shadowed connections.
     Conns,
-    /// Print shadow events (configuration, peer alive/failed, takeover) as they happen.
+    /// Print shadow events (configuration, peer alive/failed, takeover, retention
+    /// overflow, application lag) as they happen.
     Monitor {
         /// Exit after this many events.
         #[arg(long)]
@@ -147,6 +150,21 @@ struct ConfigureArgs {
     /// Connection table size, 16-1048576.
     #[arg(long, value_name = "N")]
     max_conns: Option<u32>,
+    /// Primary: client bytes kept until the backup's TCP has them, in KiB over all
+    /// connections, 64-1048576 [module default 16384].
+    #[arg(long, value_name = "KIB")]
+    retain_kb: Option<u32>,
+    /// Primary: how long a FIN is held while the backup's program has not produced
+    /// it too, 0-10000; 0 never holds [module default 500].
+    #[arg(long, value_name = "MS")]
+    max_delay_fin_ms: Option<u32>,
+    /// Report this node's program lagging its twin's output by more than this many
+    /// KiB [module default 1024] ...
+    #[arg(long, value_name = "KIB")]
+    app_max_lag_kb: Option<u32>,
+    /// ... for at least this long, 0-60000 [module default 2000].
+    #[arg(long, value_name = "MS")]
+    app_max_lag_ms: Option<u32>,
 }
 
 /// A role as given on the command line.
@@ -222,7 +240,11 @@ fn shadow_config(args: ConfigureArgs, current_role: impl FnOnce() -> Result<Shad
         || args.beat_port.is_some()
         || args.dev.is_some()
         || args.heartbeat_ms.is_some()
-        || args.max_conns.is_some();
+        || args.max_conns.is_some()
+        || args.retain_kb.is_some()
+        || args.max_delay_fin_ms.is_some()
+        || args.app_max_lag_kb.is_some()
+        || args.app_max_lag_ms.is_some();
     let role = match args.role {
         Some(RoleArg::None) if others => return Err(usage("--role none drops the service and takes no other options".into())),
         Some(r) => r.into(),
@@ -250,6 +272,10 @@ fn shadow_config(args: ConfigureArgs, current_role: impl FnOnce() -> Result<Shad
         ifname: args.dev,
         heartbeat_ms: args.heartbeat_ms,
         max_conns: args.max_conns,
+        retain_kb: args.retain_kb,
+        max_delay_fin_ms: args.max_delay_fin_ms,
+        app_max_lag_kb: args.app_max_lag_kb,
+        app_max_lag_ms: args.app_max_lag_ms,
     })
 }
 
@@ -267,7 +293,8 @@ fn line(label: &str, value: impl std::fmt::Display) -> String {
 }
 
 /// The summary of a shadow status: version, role and gate, service, peer, heartbeat,
-/// connections.
+/// connections, then fault tolerance, retention, FIN hold and lag limits (when the
+/// module reports them).
 fn shadow_summary(s: &ShadowStatus) -> Vec<String> {
     let mut out = vec![format!("lazarus_shadow {}", s.version)];
     if s.role() == Some(ShadowRole::None) {
@@ -290,6 +317,25 @@ fn shadow_summary(s: &ShadowStatus) -> Vec<String> {
     out.push(line("heartbeat", format!("{every}{port}")));
     let of = s.max_conns.map(|m| format!(" of {m}")).unwrap_or_default();
     out.push(line("connections", format!("{}{of}", s.conns)));
+    if let Some(ft) = s.fault_tolerant {
+        let why = match (ft, s.peer_state.as_str(), s.role()) {
+            (true, _, _) => String::new(),
+            (false, "alive", Some(ShadowRole::Primary)) => " (retention overflowed)".into(),
+            (false, peer, _) => format!(" (peer {peer})"),
+        };
+        out.push(line("fault-tolerant", format!("{}{why}", if ft { "yes" } else { "no" })));
+    }
+    if s.retained_bytes.is_some() || s.retain_kb.is_some() {
+        let kept = s.retained_bytes.map_or("-".to_string(), |b| b.to_string());
+        let budget = s.retain_kb.map(|k| format!(" of {k} KiB")).unwrap_or_default();
+        out.push(line("retained", format!("{kept} bytes{budget}")));
+    }
+    if let Some(ms) = s.max_delay_fin_ms {
+        out.push(line("fin hold", if ms == 0 { "off".to_string() } else { format!("up to {ms} ms") }));
+    }
+    if s.app_max_lag_kb.is_some() || s.app_max_lag_ms.is_some() {
+        out.push(line("app lag limit", format!("{} KiB for {} ms", opt_num(s.app_max_lag_kb), opt_num(s.app_max_lag_ms))));
+    }
     out
 }
 
@@ -311,10 +357,20 @@ fn shadow_counters(s: &ShadowStatus) -> Vec<String> {
         ("prompts", t.prompts),
         ("parse-errors", t.parse_errors),
         ("acks-clamped", t.acks_clamped),
+        ("progress-sent", t.progress_sent),
+        ("progress-received", t.progress_received),
+        ("progress-rejected", t.progress_rejected),
+        ("retained-segments", t.retained_segments),
+        ("resend-requests", t.resend_requests),
+        ("resent-segments", t.resent_segments),
+        ("retention-overflows", t.retention_overflows),
+        ("unprotected-conns", t.unprotected_conns),
+        ("fins-held", t.fins_held),
+        ("app-lag-reports", t.app_lag_reports),
     ];
     let mut out = vec!["  counters:".to_string()];
     for pair in rows.chunks(2) {
-        let cells: Vec<String> = pair.iter().map(|(n, v)| format!("{n:<17}{v:>12}")).collect();
+        let cells: Vec<String> = pair.iter().map(|(n, v)| format!("{n:<19}{v:>12}")).collect();
         out.push(format!("    {}", cells.join("    ")));
     }
     out
@@ -325,22 +381,50 @@ fn opt_num(v: Option<u32>) -> String {
 }
 
 fn conns_table(conns: &[ShadowConn]) -> Vec<String> {
-    let mut out =
-        vec![format!("{:<21} {:>6} {:>10} {:>10} {:>11} {:>12}  {}", "CLIENT", "MAPPED", "SEQ-OFFSET", "TS-OFFSET", "CLIENT-NEXT", "CLIENT-ACKED", "FLAGS")];
+    let mut out = vec![format!(
+        "{:<21} {:>6} {:>10} {:>10} {:>11} {:>12} {:>10} {:>10}  {}",
+        "CLIENT", "MAPPED", "SEQ-OFFSET", "TS-OFFSET", "CLIENT-NEXT", "CLIENT-ACKED", "PEER-NEXT", "RETAINED", "FLAGS"
+    )];
     for c in conns {
         let flags = c.flag_names();
         out.push(format!(
-            "{:<21} {:>6} {:>10} {:>10} {:>11} {:>12}  {}",
+            "{:<21} {:>6} {:>10} {:>10} {:>11} {:>12} {:>10} {:>10}  {}",
             format!("{}:{}", c.client_addr, c.client_port),
             if c.mapped { "yes" } else { "no" },
             opt_num(c.seq_offset),
             opt_num(c.ts_offset),
             opt_num(c.client_next),
             opt_num(c.client_acked),
+            opt_num(c.peer_next),
+            opt_num(c.retained),
             if flags.is_empty() { "-".to_string() } else { flags.join(",") },
         ));
     }
     out
+}
+
+/// One line of `shadow monitor`: the event, then what it carries.
+fn event_line(e: &ShadowEvent) -> String {
+    let mut l = e.event.clone();
+    if let Some(r) = &e.role {
+        l += &format!(" role {r}");
+    }
+    if let Some(a) = e.peer_addr {
+        l += &format!(" peer {a}");
+    }
+    if let Some(p) = &e.peer_state {
+        l += &format!(" peer-state {p}");
+    }
+    if let Some(ms) = e.peer_silence_ms {
+        l += &format!(" silence {ms} ms");
+    }
+    if let Some(n) = e.conns {
+        l += &format!(" conns {n}");
+    }
+    if let Some(b) = e.lag_bytes {
+        l += &format!(" lag {b} bytes");
+    }
+    l
 }
 
 fn parse_raw_attr(s: &str) -> Result<RawAttr, Failure> {
@@ -435,23 +519,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 if json {
                     println!("{}", serde_json::to_string(&e).unwrap_or_default());
                 } else {
-                    let mut l = e.event.clone();
-                    if let Some(r) = &e.role {
-                        l += &format!(" role {r}");
-                    }
-                    if let Some(a) = e.peer_addr {
-                        l += &format!(" peer {a}");
-                    }
-                    if let Some(p) = &e.peer_state {
-                        l += &format!(" peer-state {p}");
-                    }
-                    if let Some(ms) = e.peer_silence_ms {
-                        l += &format!(" silence {ms} ms");
-                    }
-                    if let Some(n) = e.conns {
-                        l += &format!(" conns {n}");
-                    }
-                    println!("{l}");
+                    println!("{}", event_line(&e));
                 }
                 seen += 1;
             }
@@ -559,6 +627,18 @@ mod tests {
         assert_eq!(c.peer, Some(Ipv4Addr::new(10, 77, 0, 11)));
         assert_eq!(c.ifname.as_deref(), Some("lz0"));
         assert_eq!((c.beat_port, c.heartbeat_ms, c.max_conns), (Some(7402), Some(50), Some(1024)));
+        assert_eq!((c.retain_kb, c.max_delay_fin_ms, c.app_max_lag_kb, c.app_max_lag_ms), (None, None, None, None), "module defaults");
+
+        let c = shadow_config(
+            args("--role primary --service 10.77.0.100:8080 --peer 10.77.0.12 --dev lz0 --retain-kb 65536 --max-delay-fin-ms 0 --app-max-lag-kb 256 --app-max-lag-ms 5000"),
+            unasked,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(c.role, ShadowRole::Primary);
+        assert_eq!((c.retain_kb, c.max_delay_fin_ms), (Some(65536), Some(0)));
+        assert_eq!((c.app_max_lag_kb, c.app_max_lag_ms), (Some(256), Some(5000)));
+        assert_eq!((c.heartbeat_ms, c.max_conns), (None, None));
     }
 
     #[test]
@@ -568,6 +648,10 @@ mod tests {
         let e = shadow_config(args("--heartbeat-ms 20"), || Ok(ShadowRole::None)).err().unwrap();
         assert_eq!(e.code, 2);
         assert!(e.message.contains("no service is configured"), "{}", e.message);
+        // The new settings also ask for the current role (the module refuses a change
+        // on a live service, and accepts a request that repeats them).
+        let c = shadow_config(args("--retain-kb 16384"), || Ok(ShadowRole::Backup)).ok().unwrap();
+        assert_eq!(c, ShadowConfig { retain_kb: Some(16384), ..ShadowConfig::new(ShadowRole::Backup) });
     }
 
     #[test]
@@ -576,6 +660,8 @@ mod tests {
         assert_eq!(c, ShadowConfig::new(ShadowRole::None));
         for (line, want) in [
             ("--role none --peer 1.2.3.4", "--role none"),
+            ("--role none --retain-kb 64", "--role none"),
+            ("--role none --app-max-lag-ms 100", "--role none"),
             ("", "nothing to configure"),
             ("--role primary --service 1.2.3.4:0", "--service"),
             ("--role backup --dev abcdefghijklmnop", "--dev"),
@@ -587,6 +673,8 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["lzctl", "shadow", "configure", "--role", "master"]).is_err());
         assert!(Cli::try_parse_from(["lzctl", "shadow", "configure", "--service", "1.2.3.4"]).is_err());
+        assert!(Cli::try_parse_from(["lzctl", "shadow", "configure", "--retain-kb", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["lzctl", "shadow", "configure", "--max-delay-fin-ms", "soon"]).is_err());
     }
 
     fn status(role: &str) -> ShadowStatus {
@@ -600,11 +688,17 @@ mod tests {
             ifname: Some("lz0".into()),
             heartbeat_ms: Some(100),
             max_conns: Some(16384),
+            retain_kb: Some(16384),
+            max_delay_fin_ms: Some(500),
+            app_max_lag_kb: Some(1024),
+            app_max_lag_ms: Some(2000),
             gate_open: false,
             peer_state: "alive".into(),
             peer_silence_ms: Some(12),
+            fault_tolerant: Some(true),
+            retained_bytes: Some(0),
             conns: 3,
-            stats: lznl::ShadowStats { parse_errors: 7, ..Default::default() },
+            stats: lznl::ShadowStats { parse_errors: 7, retention_overflows: 2, app_lag_reports: 5, ..Default::default() },
         }
     }
 
@@ -616,10 +710,79 @@ mod tests {
         assert_eq!(l[2], "  service:         10.77.0.100:8080 on lz0");
         assert_eq!(l[3], "  peer:            10.77.0.11 alive, last beat 12 ms ago");
         assert_eq!(l[5], "  connections:     3 of 16384");
+        assert_eq!(l[6], "  fault-tolerant:  yes");
+        assert_eq!(l[7], "  retained:        0 bytes of 16384 KiB");
+        assert_eq!(l[8], "  fin hold:        up to 500 ms");
+        assert_eq!(l[9], "  app lag limit:   1024 KiB for 2000 ms");
+        assert_eq!(l.len(), 10);
         assert_eq!(shadow_summary(&status("none")).len(), 2);
         let c = shadow_counters(&status("backup"));
-        assert_eq!(c.len(), 1 + 7);
+        assert_eq!(c.len(), 1 + 12);
         assert!(c[7].starts_with("    parse-errors") && c[7].contains(" 7    "), "{}", c[7]);
+        assert!(c[11].starts_with("    retention-overflows") && c[11].contains(" 2    unprotected-conns"), "{}", c[11]);
+        assert_eq!(c[12].split_whitespace().collect::<Vec<_>>(), ["fins-held", "0", "app-lag-reports", "5"]);
+        assert_eq!(c[11].find("unprotected-conns"), c[12].find("app-lag-reports"), "columns line up");
+    }
+
+    #[test]
+    fn shadow_text_fault_tolerance_and_settings() {
+        let ft = |role: &str, peer: &str, ft: bool| {
+            let s = ShadowStatus { peer_state: peer.into(), fault_tolerant: Some(ft), ..status(role) };
+            shadow_summary(&s)[6].clone()
+        };
+        assert_eq!(ft("primary", "alive", false), "  fault-tolerant:  no (retention overflowed)");
+        assert_eq!(ft("primary", "failed", false), "  fault-tolerant:  no (peer failed)");
+        assert_eq!(ft("backup", "unknown", false), "  fault-tolerant:  no (peer unknown)");
+
+        let s = ShadowStatus { retained_bytes: Some(123456), max_delay_fin_ms: Some(0), ..status("primary") };
+        let l = shadow_summary(&s);
+        assert_eq!(l[7], "  retained:        123456 bytes of 16384 KiB");
+        assert_eq!(l[8], "  fin hold:        off");
+
+        // A module that does not report them: the lines are left out.
+        let old = ShadowStatus {
+            retain_kb: None,
+            max_delay_fin_ms: None,
+            app_max_lag_kb: None,
+            app_max_lag_ms: None,
+            fault_tolerant: None,
+            retained_bytes: None,
+            ..status("backup")
+        };
+        assert_eq!(shadow_summary(&old).len(), 6);
+    }
+
+    #[test]
+    fn shadow_status_json_keys() {
+        let v = serde_json::to_value(status("primary")).unwrap();
+        for k in ["role", "heartbeat_ms", "max_conns", "gate_open", "peer_state", "conns"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert_eq!(v["retain_kb"], 16384);
+        assert_eq!(v["max_delay_fin_ms"], 500);
+        assert_eq!(v["app_max_lag_kb"], 1024);
+        assert_eq!(v["app_max_lag_ms"], 2000);
+        assert_eq!(v["fault_tolerant"], true);
+        assert_eq!(v["retained_bytes"], 0);
+        let stats = v["stats"].as_object().unwrap();
+        for k in [
+            "acks_clamped",
+            "parse_errors",
+            "progress_sent",
+            "progress_received",
+            "progress_rejected",
+            "retained_segments",
+            "resend_requests",
+            "resent_segments",
+            "retention_overflows",
+            "unprotected_conns",
+            "fins_held",
+            "app_lag_reports",
+        ] {
+            assert!(stats.contains_key(k), "stats.{k}");
+        }
+        assert_eq!(stats.len(), 24);
+        assert_eq!((&stats["retention_overflows"], &stats["app_lag_reports"]), (&json!(2), &json!(5)));
     }
 
     #[test]
@@ -632,16 +795,47 @@ mod tests {
             ts_offset: None,
             client_next: Some(100),
             client_acked: Some(90),
+            peer_next: Some(80),
+            retained: Some(20),
             flags: 5,
             client_fin: true,
             server_fin: false,
             rst: true,
             options_mismatch: false,
         };
-        let t = conns_table(&[conn]);
+        let t = conns_table(std::slice::from_ref(&conn));
         assert!(t[0].starts_with("CLIENT"));
         assert!(t[1].starts_with("10.77.0.1:40000 "), "{}", t[1]);
         assert!(t[1].ends_with("  client-fin,rst"), "{}", t[1]);
         assert_eq!(t[0].find("MAPPED").map(|i| i + 6), t[1].find("yes").map(|i| i + 3), "columns line up");
+        assert_eq!(t[0].find("PEER-NEXT").map(|i| i + 9), t[1].find(" 80 ").map(|i| i + 3), "{}\n{}", t[0], t[1]);
+        assert_eq!(t[0].find("RETAINED").map(|i| i + 8), t[1].find(" 20 ").map(|i| i + 3), "{}\n{}", t[0], t[1]);
+
+        let fresh = ShadowConn { peer_next: None, retained: None, ..conn.clone() };
+        let t = conns_table(&[fresh]);
+        assert!(t[1].contains("         -          -  client-fin,rst"), "{}", t[1]);
+
+        let v = serde_json::to_value(&conn).unwrap();
+        assert_eq!((&v["peer_next"], &v["retained"], &v["client_next"]), (&json!(80), &json!(20), &json!(100)));
+    }
+
+    #[test]
+    fn monitor_lines() {
+        let ev = |event: &str| ShadowEvent {
+            event: event.into(),
+            code: 0,
+            role: Some("primary".into()),
+            peer_state: Some("alive".into()),
+            peer_addr: Some(Ipv4Addr::new(10, 77, 0, 12)),
+            peer_silence_ms: None,
+            conns: Some(4),
+            lag_bytes: None,
+        };
+        assert_eq!(event_line(&ev("retention-overflow")), "retention-overflow role primary peer 10.77.0.12 peer-state alive conns 4");
+        let lag = ShadowEvent { lag_bytes: Some(1_200_000), ..ev("app-lag") };
+        assert_eq!(event_line(&lag), "app-lag role primary peer 10.77.0.12 peer-state alive conns 4 lag 1200000 bytes");
+        let v = serde_json::to_value(&lag).unwrap();
+        assert_eq!((&v["event"], &v["lag_bytes"]), (&json!("app-lag"), &json!(1_200_000)));
+        assert_eq!(serde_json::to_value(ev("takeover")).unwrap()["lag_bytes"], serde_json::Value::Null);
     }
 }

@@ -104,6 +104,26 @@ pub struct ShadowStats {
     /// Client acknowledgments cut back to what this node's program had sent (it lags
     /// the primary).
     pub acks_clamped: u64,
+    /// Progress reports (datagrams of per-connection records) sent to the peer.
+    pub progress_sent: u64,
+    /// Progress reports accepted from the peer.
+    pub progress_received: u64,
+    /// Progress reports that were malformed, from elsewhere or for another service.
+    pub progress_rejected: u64,
+    /// Client segments the primary kept for the backup.
+    pub retained_segments: u64,
+    /// Requests for missed client bytes: sent (backup) or received (primary).
+    pub resend_requests: u64,
+    /// Kept client segments the primary sent again to the backup.
+    pub resent_segments: u64,
+    /// Times the retention budget overflowed.
+    pub retention_overflows: u64,
+    /// Connections the backup never reported; the primary stopped keeping their bytes.
+    pub unprotected_conns: u64,
+    /// FIN segments the primary held because its backup had not closed yet.
+    pub fins_held: u64,
+    /// Connections on which this node's program lagged its twin beyond the limits.
+    pub app_lag_reports: u64,
 }
 
 impl ShadowStats {
@@ -125,6 +145,16 @@ impl ShadowStats {
             prompts: get(st::PROMPTS, "stats.prompts")?,
             parse_errors: get(st::PARSE_ERRORS, "stats.parse-errors")?,
             acks_clamped: get(st::ACKS_CLAMPED, "stats.acks-clamped")?,
+            progress_sent: get(st::PROGRESS_SENT, "stats.progress-sent")?,
+            progress_received: get(st::PROGRESS_RECEIVED, "stats.progress-received")?,
+            progress_rejected: get(st::PROGRESS_REJECTED, "stats.progress-rejected")?,
+            retained_segments: get(st::RETAINED_SEGMENTS, "stats.retained-segments")?,
+            resend_requests: get(st::RESEND_REQUESTS, "stats.resend-requests")?,
+            resent_segments: get(st::RESENT_SEGMENTS, "stats.resent-segments")?,
+            retention_overflows: get(st::RETENTION_OVERFLOWS, "stats.retention-overflows")?,
+            unprotected_conns: get(st::UNPROTECTED_CONNS, "stats.unprotected-conns")?,
+            fins_held: get(st::FINS_HELD, "stats.fins-held")?,
+            app_lag_reports: get(st::APP_LAG_REPORTS, "stats.app-lag-reports")?,
         })
     }
 }
@@ -145,12 +175,25 @@ pub struct ShadowStatus {
     pub ifname: Option<String>,
     pub heartbeat_ms: Option<u32>,
     pub max_conns: Option<u32>,
+    /// Retention budget of the primary, in KiB over all connections.
+    pub retain_kb: Option<u32>,
+    /// How long the primary holds a FIN its backup has not produced yet (0: never).
+    pub max_delay_fin_ms: Option<u32>,
+    /// Lag of this node's program behind its twin's output that is reported ...
+    pub app_max_lag_kb: Option<u32>,
+    /// ... once it lasts this long.
+    pub app_max_lag_ms: Option<u32>,
     /// This node's output for the service reaches clients.
     pub gate_open: bool,
     /// `unknown`, `alive` or `failed`.
     pub peer_state: String,
     /// Milliseconds since the last fresh heartbeat; `None` before the first one.
     pub peer_silence_ms: Option<u32>,
+    /// The peer is alive and (on a primary) the retention has not overflowed: a
+    /// failure of either node now loses no client byte.
+    pub fault_tolerant: Option<bool>,
+    /// Client bytes currently kept for the backup (primary).
+    pub retained_bytes: Option<u64>,
     /// Connections in the table.
     pub conns: u32,
     pub stats: ShadowStats,
@@ -171,9 +214,15 @@ impl ShadowStatus {
             ifname: r.string(a::IFNAME).filter(|s| !s.is_empty()),
             heartbeat_ms: r.u32(a::HEARTBEAT_MS),
             max_conns: r.u32(a::MAX_CONNS),
+            retain_kb: r.u32(a::RETAIN_KB),
+            max_delay_fin_ms: r.u32(a::MAX_DELAY_FIN_MS),
+            app_max_lag_kb: r.u32(a::APP_MAX_LAG_KB),
+            app_max_lag_ms: r.u32(a::APP_MAX_LAG_MS),
             gate_open: r.u8(a::GATE_OPEN).ok_or(Error::Reply("gate-open"))? != 0,
             peer_state: enum_name(spec::peer_state::NAMES, spec::peer_state::FIRST, peer_state),
             peer_silence_ms: r.u32(a::PEER_SILENCE_MS),
+            fault_tolerant: r.u8(a::FAULT_TOLERANT).map(|v| v != 0),
+            retained_bytes: r.u64(a::RETAINED_BYTES),
             conns: r.u32(a::CONNS).ok_or(Error::Reply("conns"))?,
             stats: ShadowStats::from_nest(r.get(a::STATS).ok_or(Error::Reply("stats"))?)?,
         })
@@ -200,12 +249,32 @@ pub struct ShadowConfig {
     pub ifname: Option<String>,
     pub heartbeat_ms: Option<u32>,
     pub max_conns: Option<u32>,
+    /// Primary: retention budget in KiB over all connections.
+    pub retain_kb: Option<u32>,
+    /// Primary: how long a FIN is held while the backup has not produced it (0: never).
+    pub max_delay_fin_ms: Option<u32>,
+    /// Report this node's program lagging its twin's output by more than this ...
+    pub app_max_lag_kb: Option<u32>,
+    /// ... for at least this long.
+    pub app_max_lag_ms: Option<u32>,
 }
 
 impl ShadowConfig {
     /// A request with only the role set.
     pub fn new(role: ShadowRole) -> Self {
-        ShadowConfig { role, service: None, peer: None, beat_port: None, ifname: None, heartbeat_ms: None, max_conns: None }
+        ShadowConfig {
+            role,
+            service: None,
+            peer: None,
+            beat_port: None,
+            ifname: None,
+            heartbeat_ms: None,
+            max_conns: None,
+            retain_kb: None,
+            max_delay_fin_ms: None,
+            app_max_lag_kb: None,
+            app_max_lag_ms: None,
+        }
     }
 
     /// The request's attributes.
@@ -231,6 +300,16 @@ impl ShadowConfig {
         }
         if let Some(m) = self.max_conns {
             v.push(RawAttr::u32(a::MAX_CONNS, m));
+        }
+        for (id, value) in [
+            (a::RETAIN_KB, self.retain_kb),
+            (a::MAX_DELAY_FIN_MS, self.max_delay_fin_ms),
+            (a::APP_MAX_LAG_KB, self.app_max_lag_kb),
+            (a::APP_MAX_LAG_MS, self.app_max_lag_ms),
+        ] {
+            if let Some(x) = value {
+                v.push(RawAttr::u32(id, x));
+            }
         }
         v
     }
@@ -260,6 +339,10 @@ pub struct ShadowConn {
     pub client_next: Option<u32>,
     /// Highest acknowledgment from the client (primary space).
     pub client_acked: Option<u32>,
+    /// The peer's next expected client byte, from its latest progress report.
+    pub peer_next: Option<u32>,
+    /// Client bytes kept for the backup on this connection (primary).
+    pub retained: Option<u32>,
     /// The raw flags; decoded below.
     pub flags: u8,
     pub client_fin: bool,
@@ -281,6 +364,8 @@ impl ShadowConn {
             ts_offset: n.u32(c::TS_OFFSET),
             client_next: n.u32(c::CLIENT_NEXT),
             client_acked: n.u32(c::CLIENT_ACKED),
+            peer_next: n.u32(c::PEER_NEXT),
+            retained: n.u32(c::RETAINED),
             flags,
             client_fin: flags & conn_flags::CLIENT_FIN != 0,
             server_fin: flags & conn_flags::SERVER_FIN != 0,
@@ -313,7 +398,8 @@ impl ShadowConn {
 /// A notification from the shadow events group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShadowEvent {
-    /// `configured`, `deconfigured`, `peer-alive`, `peer-failed` or `takeover`.
+    /// `configured`, `deconfigured`, `peer-alive`, `peer-failed`, `takeover`,
+    /// `retention-overflow` or `app-lag`.
     pub event: String,
     /// The wire value of `event` (see `lazarus_proto::genl_shadow::event`).
     #[serde(skip)]
@@ -323,6 +409,8 @@ pub struct ShadowEvent {
     pub peer_addr: Option<Ipv4Addr>,
     pub peer_silence_ms: Option<u32>,
     pub conns: Option<u32>,
+    /// How far this node's program is behind its twin's, in bytes (`app-lag`).
+    pub lag_bytes: Option<u32>,
 }
 
 impl ShadowEvent {
@@ -337,12 +425,24 @@ impl ShadowEvent {
             peer_addr: ipv4(r, a::PEER_ADDR),
             peer_silence_ms: r.u32(a::PEER_SILENCE_MS),
             conns: r.u32(a::CONNS),
+            lag_bytes: r.u32(a::LAG_BYTES),
         })
     }
 
     /// The heartbeats say the peer has failed.
     pub fn is_peer_failed(&self) -> bool {
         self.code == spec::event::PEER_FAILED
+    }
+
+    /// The primary's retention budget overflowed: it keeps no more client bytes for
+    /// the backup and is not fault-tolerant until reconfigured.
+    pub fn is_retention_overflow(&self) -> bool {
+        self.code == spec::event::RETENTION_OVERFLOW
+    }
+
+    /// This node's program lags its twin's output beyond the configured limits.
+    pub fn is_app_lag(&self) -> bool {
+        self.code == spec::event::APP_LAG
     }
 }
 
@@ -480,7 +580,28 @@ mod tests {
         assert_eq!(get(a::HEARTBEAT_MS), Some(50u32.to_ne_bytes().to_vec()));
         assert_eq!(get(a::BEAT_PORT), None);
         assert_eq!(get(a::MAX_CONNS), None);
+        for id in [a::RETAIN_KB, a::MAX_DELAY_FIN_MS, a::APP_MAX_LAG_KB, a::APP_MAX_LAG_MS] {
+            assert_eq!(get(id), None, "attribute {id} is not set");
+        }
         assert_eq!(v.len(), 6);
+
+        let mut c = ShadowConfig::new(ShadowRole::Primary);
+        c.retain_kb = Some(8192);
+        c.max_delay_fin_ms = Some(0);
+        c.app_max_lag_kb = Some(64);
+        c.app_max_lag_ms = Some(1500);
+        let v = c.attrs();
+        let get = |id| v.iter().find(|x| x.id == id).map(|x| x.payload.clone());
+        assert_eq!(get(a::RETAIN_KB), Some(8192u32.to_ne_bytes().to_vec()));
+        assert_eq!(get(a::MAX_DELAY_FIN_MS), Some(0u32.to_ne_bytes().to_vec()), "0 is a value, not unset");
+        assert_eq!(get(a::APP_MAX_LAG_KB), Some(64u32.to_ne_bytes().to_vec()));
+        assert_eq!(get(a::APP_MAX_LAG_MS), Some(1500u32.to_ne_bytes().to_vec()));
+        assert_eq!(get(a::HEARTBEAT_MS), None);
+        assert_eq!(v.len(), 5);
+
+        let mut c = ShadowConfig::new(ShadowRole::Primary);
+        c.app_max_lag_ms = Some(1);
+        assert_eq!(c.attrs().iter().map(|x| x.id).collect::<Vec<_>>(), [a::ROLE, a::APP_MAX_LAG_MS]);
     }
 
     #[test]
@@ -495,9 +616,15 @@ mod tests {
             (a::IFNAME, b"lz0\0".to_vec()),
             (a::HEARTBEAT_MS, 100u32.to_ne_bytes().to_vec()),
             (a::MAX_CONNS, 16384u32.to_ne_bytes().to_vec()),
+            (a::RETAIN_KB, 16384u32.to_ne_bytes().to_vec()),
+            (a::MAX_DELAY_FIN_MS, 500u32.to_ne_bytes().to_vec()),
+            (a::APP_MAX_LAG_KB, 1024u32.to_ne_bytes().to_vec()),
+            (a::APP_MAX_LAG_MS, 2000u32.to_ne_bytes().to_vec()),
             (a::GATE_OPEN, vec![0]),
             (a::PEER_STATE, vec![spec::peer_state::ALIVE]),
             (a::PEER_SILENCE_MS, 12u32.to_ne_bytes().to_vec()),
+            (a::FAULT_TOLERANT, vec![1]),
+            (a::RETAINED_BYTES, (5u64 << 32 | 7).to_ne_bytes().to_vec()),
             (a::CONNS, 3u32.to_ne_bytes().to_vec()),
             (a::STATS | 0x8000, stats_nest()),
         ]);
@@ -514,6 +641,14 @@ mod tests {
         assert_eq!(s.stats.client_segments, 10);
         assert_eq!(s.stats.parse_errors, 130);
         assert_eq!(s.stats.acks_clamped, 140);
+        assert_eq!((s.retain_kb, s.max_delay_fin_ms), (Some(16384), Some(500)));
+        assert_eq!((s.app_max_lag_kb, s.app_max_lag_ms), (Some(1024), Some(2000)));
+        assert_eq!(s.fault_tolerant, Some(true));
+        assert_eq!(s.retained_bytes, Some(5 << 32 | 7), "retained-bytes is a u64");
+        let t = &s.stats;
+        assert_eq!((t.progress_sent, t.progress_received, t.progress_rejected), (150, 160, 170));
+        assert_eq!((t.retained_segments, t.resend_requests, t.resent_segments), (180, 190, 200));
+        assert_eq!((t.retention_overflows, t.unprotected_conns, t.fins_held, t.app_lag_reports), (210, 220, 230, 240));
 
         // A counter missing from the nest is a malformed reply.
         let short: Vec<u8> = (1..=st::MAX).filter(|&id| id != st::PARSE_ERRORS).flat_map(|id| nla(id, &0u64.to_ne_bytes())).collect();
@@ -527,13 +662,24 @@ mod tests {
         ]);
         let got = ShadowStatus::from_attrs(&r);
         assert!(matches!(got, Err(Error::Reply("stats.parse-errors"))), "{got:?}");
+        let short: Vec<u8> = (1..=st::MAX).filter(|&id| id != st::APP_LAG_REPORTS).flat_map(|id| nla(id, &0u64.to_ne_bytes())).collect();
+        let r = attrs(vec![
+            (a::VERSION, b"x\0".to_vec()),
+            (a::ROLE, vec![0]),
+            (a::GATE_OPEN, vec![0]),
+            (a::PEER_STATE, vec![0]),
+            (a::CONNS, 0u32.to_ne_bytes().to_vec()),
+            (a::STATS, short),
+        ]);
+        let got = ShadowStatus::from_attrs(&r);
+        assert!(matches!(got, Err(Error::Reply("stats.app-lag-reports"))), "{got:?}");
     }
 
     #[test]
     fn every_counter_is_decoded() {
         // A counter added to the spec must be added to ShadowStats (and to lzctl's table).
-        assert_eq!(st::MAX, st::ACKS_CLAMPED, "the stats set has a counter ShadowStats does not decode");
-        assert_eq!(st::MAX, 14);
+        assert_eq!(st::MAX, st::APP_LAG_REPORTS, "the stats set has a counter ShadowStats does not decode");
+        assert_eq!(st::MAX, 24);
     }
 
     #[test]
@@ -553,6 +699,22 @@ mod tests {
         assert_eq!(s.ifname, None, "an empty ifname means none");
         assert_eq!(s.peer_silence_ms, None);
         assert_eq!(s.peer_state, "unknown");
+        assert_eq!((s.retain_kb, s.max_delay_fin_ms, s.app_max_lag_kb, s.app_max_lag_ms), (None, None, None, None));
+        assert_eq!((s.fault_tolerant, s.retained_bytes), (None, None), "not reported without a service");
+
+        // A node that is not fault-tolerant says so with 0.
+        let r = attrs(vec![
+            (a::VERSION, b"0.1.0\0".to_vec()),
+            (a::ROLE, vec![spec::role::PRIMARY]),
+            (a::GATE_OPEN, vec![1]),
+            (a::PEER_STATE, vec![spec::peer_state::ALIVE]),
+            (a::FAULT_TOLERANT, vec![0]),
+            (a::RETAINED_BYTES, 0u64.to_ne_bytes().to_vec()),
+            (a::CONNS, 0u32.to_ne_bytes().to_vec()),
+            (a::STATS, stats_nest()),
+        ]);
+        let s = ShadowStatus::from_attrs(&r).unwrap();
+        assert_eq!((s.fault_tolerant, s.retained_bytes), (Some(false), Some(0)));
     }
 
     #[test]
@@ -569,6 +731,7 @@ mod tests {
         assert_eq!((x.client_addr, x.client_port), (Ipv4Addr::new(10, 77, 0, 1), 40000));
         assert!(x.mapped);
         assert_eq!((x.seq_offset, x.ts_offset), (Some(0xfffffff0), None));
+        assert_eq!((x.peer_next, x.retained), (None, None), "no progress report yet");
         assert!(!x.client_fin && !x.server_fin && !x.rst && !x.options_mismatch);
         assert!(x.flag_names().is_empty());
 
@@ -584,6 +747,14 @@ mod tests {
         assert!(x.client_fin && x.server_fin && x.rst && x.options_mismatch);
         assert_eq!(x.flags, 0x1f);
         assert_eq!(x.flag_names(), ["client-fin", "server-fin", "rst", "options-mismatch", "0x10"]);
+
+        let mut n = nla(c::CLIENT_ADDR, &[10, 77, 0, 1]);
+        n.extend(nla(c::CLIENT_PORT, &40000u16.to_ne_bytes()));
+        n.extend(nla(c::CLIENT_NEXT, &1000u32.to_ne_bytes()));
+        n.extend(nla(c::PEER_NEXT, &0xfffffffeu32.to_ne_bytes()));
+        n.extend(nla(c::RETAINED, &2896u32.to_ne_bytes()));
+        let x = ShadowConn::from_nest(&n).unwrap();
+        assert_eq!((x.client_next, x.peer_next, x.retained), (Some(1000), Some(0xfffffffe), Some(2896)));
 
         // A nest without an address is malformed.
         assert!(matches!(ShadowConn::from_nest(&nla(c::CLIENT_PORT, &1u16.to_ne_bytes())), Err(Error::Reply("conn.client-addr"))));
@@ -604,11 +775,31 @@ mod tests {
         assert_eq!(e.role.as_deref(), Some("backup"));
         assert_eq!(e.peer_state.as_deref(), Some("failed"));
         assert_eq!(e.peer_addr, Some(Ipv4Addr::new(10, 77, 0, 11)));
-        assert_eq!((e.peer_silence_ms, e.conns), (Some(312), None));
+        assert_eq!((e.peer_silence_ms, e.conns, e.lag_bytes), (Some(312), None, None));
+        assert!(!e.is_retention_overflow() && !e.is_app_lag());
 
         let e = ShadowEvent::from_attrs(&attrs(vec![(a::EVENT, vec![spec::event::TAKEOVER]), (a::CONNS, 7u32.to_ne_bytes().to_vec())])).unwrap();
         assert_eq!((e.event.as_str(), e.conns, e.role.as_deref()), ("takeover", Some(7), None));
         assert!(!e.is_peer_failed());
+
+        let e = ShadowEvent::from_attrs(&attrs(vec![
+            (a::EVENT, vec![spec::event::RETENTION_OVERFLOW]),
+            (a::ROLE, vec![spec::role::PRIMARY]),
+            (a::CONNS, 12u32.to_ne_bytes().to_vec()),
+        ]))
+        .unwrap();
+        assert_eq!((e.event.as_str(), e.role.as_deref(), e.conns, e.lag_bytes), ("retention-overflow", Some("primary"), Some(12), None));
+        assert!(e.is_retention_overflow() && !e.is_app_lag() && !e.is_peer_failed());
+
+        let e = ShadowEvent::from_attrs(&attrs(vec![
+            (a::EVENT, vec![spec::event::APP_LAG]),
+            (a::ROLE, vec![spec::role::BACKUP]),
+            (a::LAG_BYTES, 1_500_000u32.to_ne_bytes().to_vec()),
+        ]))
+        .unwrap();
+        assert_eq!((e.event.as_str(), e.lag_bytes), ("app-lag", Some(1_500_000)));
+        assert!(e.is_app_lag() && !e.is_retention_overflow() && !e.is_peer_failed());
+
         assert_eq!(ShadowEvent::from_attrs(&attrs(vec![(a::EVENT, vec![99])])).unwrap().event, "unknown-99");
         assert!(ShadowEvent::from_attrs(&attrs(vec![])).is_err());
     }
