@@ -19,6 +19,10 @@
 //! heartbeat_ms = 100         # 10..=10000
 //! beat_port = 7401
 //! max_conns = 16384          # 16..=1048576
+//! retain_kb = 16384          # 64..=1048576; primary: client bytes kept for the backup
+//! max_delay_fin_ms = 500     # 0..=10000; primary: FIN hold while the backup lags (0: never)
+//! app_max_lag_kb = 1024      # >= 1; report this node's program lagging its twin by more ...
+//! app_max_lag_ms = 2000      # 0..=60000; ... for this long
 //! auto_takeover = true       # backup: fence and take over when the primary fails
 //! fence = ["/usr/local/sbin/fence-primary", "10.77.0.11"]
 //! fence_timeout_ms = 5000
@@ -52,6 +56,10 @@ struct RawShadow {
     heartbeat_ms: Option<i64>,
     beat_port: Option<i64>,
     max_conns: Option<i64>,
+    retain_kb: Option<i64>,
+    max_delay_fin_ms: Option<i64>,
+    app_max_lag_kb: Option<i64>,
+    app_max_lag_ms: Option<i64>,
     auto_takeover: Option<bool>,
     fence: Option<Vec<String>>,
     fence_timeout_ms: Option<i64>,
@@ -120,6 +128,17 @@ pub struct Shadow {
     pub heartbeat_ms: u32,
     pub beat_port: u16,
     pub max_conns: u32,
+    /// Primary: client bytes kept until the backup's TCP has them, in KiB over all
+    /// connections.
+    pub retain_kb: u32,
+    /// Primary: how long a FIN is held while the backup's program has not produced it
+    /// too (0: never held).
+    pub max_delay_fin_ms: u32,
+    /// Report this node's program lagging its twin's output by more than this many
+    /// KiB ...
+    pub app_max_lag_kb: u32,
+    /// ... for at least this long.
+    pub app_max_lag_ms: u32,
     /// Set on a backup with `auto_takeover`: how to fence the primary.
     pub failover: Option<Failover>,
 }
@@ -135,7 +154,10 @@ impl Shadow {
             ifname: self.dev.clone(),
             heartbeat_ms: Some(self.heartbeat_ms),
             max_conns: Some(self.max_conns),
-            ..ShadowConfig::new(self.role)
+            retain_kb: Some(self.retain_kb),
+            max_delay_fin_ms: Some(self.max_delay_fin_ms),
+            app_max_lag_kb: Some(self.app_max_lag_kb),
+            app_max_lag_ms: Some(self.app_max_lag_ms),
         }
     }
 }
@@ -152,6 +174,12 @@ pub struct Failover {
 /// Defaults of the `[shadow]` section.
 pub const SHADOW_HEARTBEAT_MS: u32 = 100;
 pub const SHADOW_MAX_CONNS: u32 = 16384;
+pub const SHADOW_RETAIN_KB: u32 = 16384;
+pub const SHADOW_MAX_DELAY_FIN_MS: u32 = 500;
+pub const SHADOW_APP_MAX_LAG_KB: u32 = 1024;
+pub const SHADOW_APP_MAX_LAG_MS: u32 = 2000;
+/// The module keeps the lag limit in bytes in a u32.
+const MAX_APP_MAX_LAG_KB: i64 = (u32::MAX / 1024) as i64;
 pub const SHADOW_FENCE_TIMEOUT_MS: u64 = 5000;
 
 /// A peer to probe.
@@ -241,6 +269,10 @@ fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
     let heartbeat_ms = in_range("heartbeat_ms", r.heartbeat_ms, SHADOW_HEARTBEAT_MS.into(), 10, 10_000)? as u32;
     let beat_port = in_range("beat_port", r.beat_port, lazarus_proto::beat::DEFAULT_PORT.into(), 1, 65_535)? as u16;
     let max_conns = in_range("max_conns", r.max_conns, SHADOW_MAX_CONNS.into(), 16, 1_048_576)? as u32;
+    let retain_kb = in_range("retain_kb", r.retain_kb, SHADOW_RETAIN_KB.into(), 64, 1_048_576)? as u32;
+    let max_delay_fin_ms = in_range("max_delay_fin_ms", r.max_delay_fin_ms, SHADOW_MAX_DELAY_FIN_MS.into(), 0, 10_000)? as u32;
+    let app_max_lag_kb = in_range("app_max_lag_kb", r.app_max_lag_kb, SHADOW_APP_MAX_LAG_KB.into(), 1, MAX_APP_MAX_LAG_KB)? as u32;
+    let app_max_lag_ms = in_range("app_max_lag_ms", r.app_max_lag_ms, SHADOW_APP_MAX_LAG_MS.into(), 0, 60_000)? as u32;
     let fence_timeout_ms = in_range("fence_timeout_ms", r.fence_timeout_ms, SHADOW_FENCE_TIMEOUT_MS as i64, 10, 600_000)? as u64;
     if let Some(f) = &r.fence {
         match f.first() {
@@ -260,7 +292,20 @@ fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
         }
         _ => None,
     };
-    Ok(Shadow { role, service, peer, dev: r.dev.clone(), heartbeat_ms, beat_port, max_conns, failover })
+    Ok(Shadow {
+        role,
+        service,
+        peer,
+        dev: r.dev.clone(),
+        heartbeat_ms,
+        beat_port,
+        max_conns,
+        retain_kb,
+        max_delay_fin_ms,
+        app_max_lag_kb,
+        app_max_lag_ms,
+        failover,
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -340,6 +385,10 @@ dev = "lz0"
 heartbeat_ms = 50
 beat_port = 7402
 max_conns = 1024
+retain_kb = 8192
+max_delay_fin_ms = 250
+app_max_lag_kb = 512
+app_max_lag_ms = 3000
 auto_takeover = true
 fence = ["/usr/local/sbin/fence-primary", "10.77.0.11"]
 fence_timeout_ms = 3000
@@ -353,6 +402,7 @@ fence_timeout_ms = 3000
         assert_eq!(s.peer, Ipv4Addr::new(10, 77, 0, 11));
         assert_eq!(s.dev.as_deref(), Some("lz0"));
         assert_eq!((s.heartbeat_ms, s.beat_port, s.max_conns), (50, 7402, 1024));
+        assert_eq!((s.retain_kb, s.max_delay_fin_ms, s.app_max_lag_kb, s.app_max_lag_ms), (8192, 250, 512, 3000));
         let f = s.failover.as_ref().unwrap();
         assert_eq!(f.fence, ["/usr/local/sbin/fence-primary", "10.77.0.11"]);
         assert_eq!(f.fence_timeout, Duration::from_millis(3000));
@@ -361,6 +411,7 @@ fence_timeout_ms = 3000
         assert_eq!(r.service, Some(s.service));
         assert_eq!(r.ifname.as_deref(), Some("lz0"));
         assert_eq!((r.beat_port, r.heartbeat_ms, r.max_conns), (Some(7402), Some(50), Some(1024)));
+        assert_eq!((r.retain_kb, r.max_delay_fin_ms, r.app_max_lag_kb, r.app_max_lag_ms), (Some(8192), Some(250), Some(512), Some(3000)));
     }
 
     #[test]
@@ -369,6 +420,9 @@ fence_timeout_ms = 3000
         assert_eq!(s.role, ShadowRole::Primary);
         assert_eq!(s.dev, None, "dev is optional on a primary");
         assert_eq!((s.heartbeat_ms, s.beat_port, s.max_conns), (100, 7401, 16384));
+        assert_eq!((s.retain_kb, s.max_delay_fin_ms, s.app_max_lag_kb, s.app_max_lag_ms), (16384, 500, 1024, 2000), "the module's defaults");
+        let r = s.request();
+        assert_eq!((r.retain_kb, r.max_delay_fin_ms, r.app_max_lag_kb, r.app_max_lag_ms), (Some(16384), Some(500), Some(1024), Some(2000)));
         assert_eq!(s.failover, None, "a primary never takes over");
 
         let s = parse("[shadow]\nrole='backup'\nservice='10.0.0.1:80'\npeer='10.0.0.2'\ndev='eth0'\nfence=['true']\n").unwrap().shadow.unwrap();
@@ -376,6 +430,30 @@ fence_timeout_ms = 3000
 
         let s = parse("[shadow]\nrole='backup'\nservice='10.0.0.1:80'\npeer='10.0.0.2'\ndev='eth0'\nauto_takeover=false\n").unwrap().shadow.unwrap();
         assert_eq!(s.failover, None, "no fence needed without auto_takeover");
+    }
+
+    #[test]
+    fn shadow_settings_accept_their_bounds() {
+        for (field, value) in [
+            ("retain_kb", 64),
+            ("retain_kb", 1_048_576),
+            ("max_delay_fin_ms", 0),
+            ("max_delay_fin_ms", 10_000),
+            ("app_max_lag_kb", 1),
+            ("app_max_lag_kb", 4_194_303),
+            ("app_max_lag_ms", 0),
+            ("app_max_lag_ms", 60_000),
+        ] {
+            let text = BACKUP.replace(&format!("\n{field} = "), &format!("\n{field} = {value}\n#"));
+            let s = parse(&text).unwrap_or_else(|e| panic!("{field} = {value}: {e}")).shadow.unwrap();
+            let got = match field {
+                "retain_kb" => s.retain_kb,
+                "max_delay_fin_ms" => s.max_delay_fin_ms,
+                "app_max_lag_kb" => s.app_max_lag_kb,
+                _ => s.app_max_lag_ms,
+            };
+            assert_eq!(got, value, "{field}");
+        }
     }
 
     #[test]
@@ -399,6 +477,15 @@ fence_timeout_ms = 3000
             ("beat_port", "65536", "shadow.beat_port:"),
             ("max_conns", "15", "shadow.max_conns:"),
             ("max_conns", "1048577", "shadow.max_conns:"),
+            ("retain_kb", "63", "shadow.retain_kb: 63 is outside 64..=1048576"),
+            ("retain_kb", "1048577", "shadow.retain_kb: 1048577 is outside 64..=1048576"),
+            ("retain_kb", "-1", "shadow.retain_kb:"),
+            ("max_delay_fin_ms", "-1", "shadow.max_delay_fin_ms: -1 is outside 0..=10000"),
+            ("max_delay_fin_ms", "10001", "shadow.max_delay_fin_ms: 10001 is outside 0..=10000"),
+            ("app_max_lag_kb", "0", "shadow.app_max_lag_kb: 0 is outside 1..=4194303"),
+            ("app_max_lag_kb", "4194304", "shadow.app_max_lag_kb:"),
+            ("app_max_lag_ms", "-5", "shadow.app_max_lag_ms: -5 is outside 0..=60000"),
+            ("app_max_lag_ms", "60001", "shadow.app_max_lag_ms: 60001 is outside 0..=60000"),
             ("fence", "[]", "shadow.fence:"),
             ("fence", "['', 'x']", "shadow.fence:"),
             ("fence_timeout_ms", "0", "shadow.fence_timeout_ms:"),
@@ -428,7 +515,9 @@ fence_timeout_ms = 3000
             assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
         }
         let e = parse(&format!("{BACKUP}fence_timeout = 1\n")).unwrap_err();
-        assert!(e.starts_with("line 13:") && e.contains("fence_timeout"), "{e}");
+        assert!(e.starts_with("line 17:") && e.contains("fence_timeout"), "{e}");
+        let e = parse(&BACKUP.replace("retain_kb = 8192", "retain_kb = 8192.5")).unwrap_err();
+        assert!(e.starts_with("line 10:") && e.contains("expected i64"), "{e}");
         let e = parse(&BACKUP.replace("heartbeat_ms = 50", "heartbeat_ms = \"50\"")).unwrap_err();
         assert!(e.starts_with("line 7:"), "{e}");
     }

@@ -4,9 +4,11 @@
 //! counting switched on or off), re-reads the file on SIGHUP, and probes each peer's
 //! channel on its interval, logging changes between reachable and unreachable.
 //!
-//! With a `[shadow]` section it also configures the shadow module (ST-TCP) and, on a
-//! backup with `auto_takeover`, runs the failover driver: when the heartbeats say the
-//! primary has failed, it fences the primary and takes over (see `shadow.rs`).
+//! With a `[shadow]` section it also configures the shadow module (ST-TCP) and watches
+//! its events, warning when the node stops being fault-tolerant (`retention-overflow`)
+//! or a program lags its twin (`app-lag`). On a backup with `auto_takeover` the watcher
+//! is the failover driver: when the heartbeats say the primary has failed, it fences
+//! the primary and takes over (see `shadow.rs`).
 
 mod config;
 mod shadow;

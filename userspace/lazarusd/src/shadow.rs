@@ -6,10 +6,14 @@
 //! deconfigures it (`lzctl shadow configure --role none`, which drops every shadowed
 //! connection).
 //!
-//! The failover driver waits on the shadow events group. On `peer-failed` it runs the
-//! fence command and, only when that exits 0, takes over. Nothing on that path sleeps
-//! or polls: the event wakes a blocked receive, the fence command is waited for by a
-//! blocked `waitid`, and the takeover is one netlink request.
+//! The event watcher waits on the shadow events group on every node with a `[shadow]`
+//! section and logs what it reports; `retention-overflow` and `app-lag` are logged as
+//! warnings (the node is no longer fault-tolerant, or a program lags its twin) and
+//! never lead to a takeover. On a backup with `auto_takeover` it is also the failover
+//! driver: on `peer-failed` it runs the fence command and, only when that exits 0,
+//! takes over. Nothing on that path sleeps or polls: the event wakes a blocked
+//! receive, the fence command is waited for by a blocked `waitid`, and the takeover is
+//! one netlink request.
 
 use crate::config::{Failover, Shadow};
 use crate::log;
@@ -62,6 +66,17 @@ pub fn plan(current: &ShadowStatus, want: &Shadow) -> Plan {
     }
     if current.max_conns != Some(want.max_conns) {
         diffs.push(format!("max_conns {} (file: {})", show(&current.max_conns), want.max_conns));
+    }
+    // Fixed while the service is live too; compared when the module reports them.
+    for (name, has, file) in [
+        ("retain_kb", current.retain_kb, want.retain_kb),
+        ("max_delay_fin_ms", current.max_delay_fin_ms, want.max_delay_fin_ms),
+        ("app_max_lag_kb", current.app_max_lag_kb, want.app_max_lag_kb),
+        ("app_max_lag_ms", current.app_max_lag_ms, want.app_max_lag_ms),
+    ] {
+        if let Some(v) = has.filter(|&v| v != file) {
+            diffs.push(format!("{name} {v} (file: {file})"));
+        }
     }
     // Without `dev` in the file (a primary), the module's interface is not compared.
     if want.dev.is_some() && current.ifname != want.dev {
@@ -129,8 +144,18 @@ pub fn execute(client: &ShadowClient, plan: &Plan, want: &Shadow) -> Result<(), 
             client.configure(request)?;
             let dev = want.dev.as_ref().map(|d| format!(" on {d}")).unwrap_or_default();
             log(format!(
-                "shadow: {} of {}{dev} configured (peer {}, heartbeat {} ms on udp port {}, {} connections max)",
-                want.role, want.service, want.peer, want.heartbeat_ms, want.beat_port, want.max_conns
+                "shadow: {} of {}{dev} configured (peer {}, heartbeat {} ms on udp port {}, {} connections max, \
+                 retain {} KiB, FIN hold {} ms, app lag limit {} KiB for {} ms)",
+                want.role,
+                want.service,
+                want.peer,
+                want.heartbeat_ms,
+                want.beat_port,
+                want.max_conns,
+                want.retain_kb,
+                want.max_delay_fin_ms,
+                want.app_max_lag_kb,
+                want.app_max_lag_ms
             ));
         }
         Plan::Refuse(m) => return Err(ApplyError::Refused(m.clone())),
@@ -190,21 +215,22 @@ fn describe(s: ExitStatus) -> String {
     }
 }
 
-/// What the driver threads share with the main thread.
+/// What the watcher threads share with the main thread.
 struct Shared {
-    /// Bumped whenever the running driver is replaced or stopped; a driver thread
+    /// Bumped whenever the running watcher is replaced or stopped; a watcher thread
     /// whose generation is stale exits at its next wake-up without acting.
     generation: AtomicU64,
-    /// The fence settings in force (updated on SIGHUP).
+    /// The fence settings in force (updated on SIGHUP); `None`: no automatic takeover.
     failover: Mutex<Option<Failover>>,
     /// Held while fencing and taking over: one failover at a time.
     running: Mutex<()>,
 }
 
-/// Starts, updates and stops the failover driver thread.
+/// Starts, updates and stops the event watcher thread (the failover driver on a
+/// backup with `auto_takeover`).
 pub struct Driver {
     shared: Arc<Shared>,
-    /// Family id the running driver joined; a new id means the module was reloaded
+    /// Family id the running watcher joined; a new id means the module was reloaded
     /// and the old membership is gone.
     family: Option<u16>,
 }
@@ -215,27 +241,34 @@ impl Driver {
         Driver { shared: Arc::new(Shared { generation: AtomicU64::new(0), failover: Mutex::new(None), running: Mutex::new(()) }), family: None }
     }
 
-    /// After a successful apply: run the driver with `failover`, or stop it for
-    /// `None`. `family` is the shadow family id the apply saw.
+    /// After a successful apply: watch the module's events while `family` (the
+    /// shadow family id the apply saw, `None` without a `[shadow]` section) is set,
+    /// and take over automatically with `failover`.
     pub fn update(&mut self, failover: Option<Failover>, family: Option<u16>) {
         let on = failover.is_some();
-        *self.shared.failover.lock().unwrap_or_else(|p| p.into_inner()) = failover;
-        match (on, family) {
-            (true, Some(f)) if self.family == Some(f) => {}
-            (true, Some(f)) => {
+        let was_on = std::mem::replace(&mut *self.shared.failover.lock().unwrap_or_else(|p| p.into_inner()), failover).is_some();
+        match family {
+            // Turning automatic takeover on starts afresh, so that a peer that has
+            // already failed is found at once.
+            Some(f) if self.family == Some(f) && (was_on || !on) => {
+                if was_on && !on {
+                    log("shadow: automatic takeover off");
+                }
+            }
+            Some(f) => {
                 let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
                 let shared = self.shared.clone();
                 self.family = Some(f);
                 std::thread::Builder::new()
-                    .name("failover".into())
+                    .name("shadow-events".into())
                     .spawn(move || drive(shared, generation))
                     .map(drop)
-                    .unwrap_or_else(|e| log(format!("shadow: cannot start the failover driver: {e}")));
+                    .unwrap_or_else(|e| log(format!("shadow: cannot start the event watcher: {e}")));
             }
-            _ => {
+            None => {
                 if self.family.take().is_some() {
                     self.shared.generation.fetch_add(1, Ordering::SeqCst);
-                    log("shadow: automatic takeover off");
+                    log(if was_on { "shadow: automatic takeover off, no longer watching events" } else { "shadow: no longer watching events" });
                 }
             }
         }
@@ -254,8 +287,13 @@ fn current(shared: &Shared, generation: u64) -> bool {
     shared.generation.load(Ordering::SeqCst) == generation
 }
 
-/// The driver thread: join the events group, catch up with a failure reported before
-/// it joined, then act on each `peer-failed`.
+fn takeover_on(shared: &Shared) -> bool {
+    shared.failover.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+}
+
+/// The watcher thread: join the events group; with automatic takeover, catch up with
+/// a failure reported before it joined and act on each `peer-failed`. Every other
+/// event is logged, the ones that need an operator as warnings.
 fn drive(shared: Arc<Shared>, generation: u64) {
     let mut first = true;
     let mut last_error = None;
@@ -271,20 +309,24 @@ fn drive(shared: Arc<Shared>, generation: u64) {
             Err(e) => {
                 let e = e.to_string();
                 if last_error.as_ref() != Some(&e) {
-                    log(format!("shadow: failover driver: {e}; retrying every second"));
+                    log(format!("shadow: event watcher: {e}; retrying every second"));
                     last_error = Some(e);
                 }
                 continue;
             }
         };
         last_error = None;
-        log("shadow: failover driver watching the peer");
-        match client.status() {
-            Ok(s) if s.peer_state == "failed" && s.role() == Some(ShadowRole::Backup) && !s.gate_open => {
-                failover(&shared, generation, &client, "the peer had already failed")
+        if takeover_on(&shared) {
+            log("shadow: failover driver watching the peer");
+            match client.status() {
+                Ok(s) if s.peer_state == "failed" && s.role() == Some(ShadowRole::Backup) && !s.gate_open => {
+                    failover(&shared, generation, &client, "the peer had already failed")
+                }
+                Ok(_) => {}
+                Err(e) => log(format!("shadow: status: {e}")),
             }
-            Ok(_) => {}
-            Err(e) => log(format!("shadow: status: {e}")),
+        } else {
+            log("shadow: watching the module's events (no automatic takeover)");
         }
         loop {
             let ev = match monitor.next_event() {
@@ -297,7 +339,9 @@ fn drive(shared: Arc<Shared>, generation: u64) {
             if !current(&shared, generation) {
                 return;
             }
-            if ev.is_peer_failed() {
+            if let Some(w) = warning(&ev) {
+                log(w);
+            } else if ev.is_peer_failed() && takeover_on(&shared) {
                 failover(&shared, generation, &client, &describe_event(&ev));
             } else {
                 log(format!("shadow: {}", describe_event(&ev)));
@@ -319,6 +363,27 @@ fn describe_event(ev: &ShadowEvent) -> String {
         s += &format!(", {n} connections");
     }
     s
+}
+
+/// The warning line for an event that needs an operator but never a takeover:
+/// `retention-overflow` and `app-lag`. `None` for any other event.
+fn warning(ev: &ShadowEvent) -> Option<String> {
+    let role = ev.role.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+    let conns = ev.conns.map(|n| format!("; {n} connections open")).unwrap_or_default();
+    if ev.is_retention_overflow() {
+        Some(format!(
+            "WARNING: shadow: retention-overflow{role}: the backup fell more than retain_kb behind; this node kept no more client bytes \
+             for it and is NOT fault-tolerant until the service is configured again (role none, then configure){conns}"
+        ))
+    } else if ev.is_app_lag() {
+        let by = ev.lag_bytes.map(|b| format!("by {b} bytes ")).unwrap_or_default();
+        Some(format!(
+            "WARNING: shadow: app-lag{role}: this node's program lags its twin's output {by}(beyond app_max_lag_kb for app_max_lag_ms); \
+             no takeover for this{conns}"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Fence the primary and take over, if this node is a backup that is not serving yet.
@@ -388,15 +453,15 @@ mod tests {
             ifname: Some("lz0".into()),
             heartbeat_ms: Some(50),
             max_conns: Some(16384),
-            retain_kb: None,
-            max_delay_fin_ms: None,
-            app_max_lag_kb: None,
-            app_max_lag_ms: None,
+            retain_kb: Some(16384),
+            max_delay_fin_ms: Some(500),
+            app_max_lag_kb: Some(1024),
+            app_max_lag_ms: Some(2000),
             gate_open: false,
             peer_state: "alive".into(),
             peer_silence_ms: Some(3),
-            fault_tolerant: None,
-            retained_bytes: None,
+            fault_tolerant: Some(true),
+            retained_bytes: Some(0),
             conns: 2,
             stats: Default::default(),
         }
@@ -448,6 +513,10 @@ mod tests {
             (ShadowStatus { peer_addr: Some(Ipv4Addr::new(10, 77, 0, 12)), ..live() }, "peer 10.77.0.12"),
             (ShadowStatus { beat_port: Some(7402), ..live() }, "beat_port 7402"),
             (ShadowStatus { max_conns: Some(1024), ..live() }, "max_conns 1024"),
+            (ShadowStatus { retain_kb: Some(8192), ..live() }, "retain_kb 8192 (file: 16384)"),
+            (ShadowStatus { max_delay_fin_ms: Some(0), ..live() }, "max_delay_fin_ms 0 (file: 500)"),
+            (ShadowStatus { app_max_lag_kb: Some(64), ..live() }, "app_max_lag_kb 64 (file: 1024)"),
+            (ShadowStatus { app_max_lag_ms: Some(100), heartbeat_ms: Some(10), ..live() }, "app_max_lag_ms 100 (file: 2000)"),
             (ShadowStatus { ifname: Some("eth1".into()), heartbeat_ms: Some(10), ..live() }, "dev eth1 (file: lz0)"),
             (ShadowStatus { role: "observer".into(), ..live() }, "unknown role"),
         ];
@@ -459,6 +528,60 @@ mod tests {
         }
         let Plan::Refuse(m) = plan(&ShadowStatus { max_conns: Some(1024), ..live() }, &want()) else { unreachable!() };
         assert!(m.starts_with("refusing to change a live shadowed service: deconfigure first"), "{m}");
+    }
+
+    #[test]
+    fn settings_the_module_does_not_report_are_not_compared() {
+        let old = ShadowStatus { retain_kb: None, max_delay_fin_ms: None, app_max_lag_kb: None, app_max_lag_ms: None, ..live() };
+        assert_eq!(plan(&old, &want()), Plan::Keep);
+        // The file's settings go into a full configure, and not into a heartbeat change.
+        let mut w = want();
+        w.retain_kb = 65536;
+        w.app_max_lag_ms = 0;
+        let none = ShadowStatus { role: "none".into(), service_addr: None, service_port: None, peer_addr: None, ..live() };
+        let Plan::Configure(r) = plan(&none, &w) else { panic!() };
+        assert_eq!((r.retain_kb, r.max_delay_fin_ms, r.app_max_lag_kb, r.app_max_lag_ms), (Some(65536), Some(500), Some(1024), Some(0)));
+        let cur = ShadowStatus { heartbeat_ms: Some(100), retain_kb: Some(65536), app_max_lag_ms: Some(0), ..live() };
+        let Plan::Heartbeat { request, .. } = plan(&cur, &w) else { panic!() };
+        assert_eq!((request.retain_kb, request.app_max_lag_ms), (None, None));
+    }
+
+    fn event(code: u8, name: &str) -> ShadowEvent {
+        ShadowEvent {
+            event: name.into(),
+            code,
+            role: Some("primary".into()),
+            peer_state: Some("alive".into()),
+            peer_addr: Some(Ipv4Addr::new(10, 77, 0, 12)),
+            peer_silence_ms: None,
+            conns: Some(42),
+            lag_bytes: None,
+        }
+    }
+
+    #[test]
+    fn warnings_for_overflow_and_lag_only() {
+        use lazarus_proto::genl_shadow::event as ev;
+        let w = warning(&event(ev::RETENTION_OVERFLOW, "retention-overflow")).unwrap();
+        assert_eq!(
+            w,
+            "WARNING: shadow: retention-overflow (primary): the backup fell more than retain_kb behind; this node kept no more client bytes \
+             for it and is NOT fault-tolerant until the service is configured again (role none, then configure); 42 connections open"
+        );
+        assert!(!w.contains("  "), "{w}");
+
+        let lag = ShadowEvent { role: Some("backup".into()), lag_bytes: Some(2_000_000), ..event(ev::APP_LAG, "app-lag") };
+        let w = warning(&lag).unwrap();
+        assert!(w.starts_with("WARNING: shadow: app-lag (backup): this node's program lags its twin's output by 2000000 bytes "), "{w}");
+        assert!(w.ends_with("(beyond app_max_lag_kb for app_max_lag_ms); no takeover for this; 42 connections open"), "{w}");
+        let w = warning(&ShadowEvent { lag_bytes: None, ..lag }).unwrap();
+        assert!(w.contains("output (beyond"), "{w}");
+
+        for (code, name) in
+            [(ev::PEER_FAILED, "peer-failed"), (ev::PEER_ALIVE, "peer-alive"), (ev::TAKEOVER, "takeover"), (ev::CONFIGURED, "configured")]
+        {
+            assert_eq!(warning(&event(code, name)), None, "{name}");
+        }
     }
 
     #[test]
