@@ -11,6 +11,7 @@ Everything fails loudly: a guest that does not boot, a command that times out, a
 kernel warning, oops or lockdep report in any guest's log.
 """
 import hashlib
+import re
 import os
 import shlex
 import shutil
@@ -222,6 +223,27 @@ class Bench:
 
     def netem_clear(self, guest):
         guest.run("tc qdisc del dev lz0 root", check=False)
+
+    def netem_ingress(self, guest, spec):
+        """Impair frames arriving at `guest` only (e.g. "loss 3%"), as if its own NIC
+        or switch port lost them: everything received on lz0 is redirected through
+        the ifb0 device, whose netem qdisc drops or delays it before the stack (and
+        any netfilter hook) sees it."""
+        guest.run("ip link add ifb0 type ifb 2>/dev/null; ip link set ifb0 up && "
+                  "tc qdisc replace dev lz0 ingress && "
+                  "tc filter replace dev lz0 parent ffff: matchall action mirred egress redirect dev ifb0 && "
+                  f"tc qdisc replace dev ifb0 root netem {spec}")
+
+    def netem_ingress_clear(self, guest):
+        guest.run("tc qdisc del dev lz0 ingress; tc qdisc del dev ifb0 root", check=False)
+
+    def netem_ingress_drops(self, guest):
+        """Frames netem dropped on the way into `guest`."""
+        out = guest.out("tc -s qdisc show dev ifb0")
+        m = re.search(r"dropped (\d+)", out)
+        if not m:
+            raise BenchError(f"no netem statistics on ifb0 in guest {guest.index}: {out!r}")
+        return int(m.group(1))
 
     def assert_no_kernel_trouble(self):
         trouble = [f"guest {g.index}: {l}" for g in self.guests for l in g.kernel_trouble()]

@@ -9,10 +9,15 @@ One request line per connection picks the mode:
                         everything received so far, then a newline
     GET <n> <seed>\\n    send n bytes of a seeded pseudo-random stream, then close
     PUT <n>\\n           read n bytes, reply with their SHA-256 (hex) and a newline
+    BYE\\n               reply "bye" and close; a server on a machine where the file
+                        /tmp/lzserver-linger exists replies but keeps the connection
+                        open until the client closes (a twin that deliberately
+                        disagrees, for one-sided FIN tests)
 
     lzserver.py PORT
 """
 import hashlib
+import os
 import random
 import socketserver
 import sys
@@ -57,6 +62,11 @@ class Handler(socketserver.StreamRequestHandler):
                 h.update(b)
                 n -= len(b)
             self.wfile.write(h.hexdigest().encode() + b"\n")
+        elif cmd == b"BYE":
+            self.wfile.write(b"bye\n")
+            if os.path.exists("/tmp/lzserver-linger"):
+                while self.request.recv(65536):
+                    pass
 
 
 class Server(socketserver.ThreadingTCPServer):

@@ -6,6 +6,7 @@ two pieces of progress (the stall a failover caused).
     stclient.py get HOST PORT NBYTES SEED [--rate BYTES_PER_S]
     stclient.py chat HOST PORT LINES [--interval S]
     stclient.py put HOST PORT NBYTES SEED [--rate BYTES_PER_S]
+    stclient.py bye HOST PORT 0
 """
 import argparse
 import hashlib
@@ -89,9 +90,22 @@ def put(a):
             "max_gap_s": round(gaps.worst, 3), "seconds": round(time.monotonic() - start, 3)}
 
 
+def bye(a):
+    """How long after asking the server to close its reply and its FIN arrive."""
+    s = socket.create_connection((a.host, a.port), timeout=60)
+    start = time.monotonic()
+    s.sendall(b"BYE\n")
+    f = s.makefile("rb")
+    reply = f.readline()
+    replied = time.monotonic()
+    rest = f.read()
+    return {"reply": reply.decode(errors="replace"), "rest": len(rest),
+            "reply_after_s": round(replied - start, 3), "eof_after_s": round(time.monotonic() - start, 3)}
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["get", "chat", "put"])
+    p.add_argument("mode", choices=["get", "chat", "put", "bye"])
     p.add_argument("host")
     p.add_argument("port", type=int)
     p.add_argument("n", type=int)
@@ -100,4 +114,4 @@ if __name__ == "__main__":
     p.add_argument("--interval", type=float, default=0.02)
     a = p.parse_args()
     a.nbytes = a.lines = a.n
-    print(json.dumps({"get": get, "chat": chat, "put": put}[a.mode](a)))
+    print(json.dumps({"get": get, "chat": chat, "put": put, "bye": bye}[a.mode](a)))

@@ -43,7 +43,7 @@ def wait_for(what, pred, timeout=10.0, step=0.05):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def setup_pair(b):
+def setup_pair(b, primary_opts=""):
     primary, backup = b.guests
     for g in (primary, backup):
         g.insmod("lazarus_shadow")
@@ -53,7 +53,7 @@ def setup_pair(b):
     backup.run(f"{LZCTL} shadow configure --role backup --service {VIP}:{PORT} --peer {primary.addr} "
                f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS}")
     primary.run(f"{LZCTL} shadow configure --role primary --service {VIP}:{PORT} --peer {backup.addr} "
-                f"--heartbeat-ms {HEARTBEAT_MS}")
+                f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS} {primary_opts}")
     for g in (primary, backup):
         g.run(f"ip addr add {VIP}/32 dev lz0")
     for g in (primary, backup):
@@ -118,13 +118,17 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
         conns = json.loads(backup.out(f"{LZCTL} -j shadow conns"))
         assert len(conns) >= 3 and all(c["mapped"] for c in conns), conns
 
+        # The primary kept each client segment until the backup had it, and has
+        # released them all.
+        sp = status(primary)
+        assert sp["stats"]["retained_segments"] > 0 and sp["fault_tolerant"] is True, json.dumps(sp)
+        wait_for("the primary to release every kept segment", lambda: status(primary)["retained_bytes"] == 0)
+
         # Phase 2: transfers paced to last several seconds; the primary dies in them.
-        # Bulk uploads are not in this phase yet: a client segment the backup misses
-        # under load (the primary acknowledged it, so the client never resends it)
-        # needs the primary's retention buffer and resend, which are still to come.
-        get_n, lines = 12_000_000, 150
+        get_n, put_n, lines = 12_000_000, 6_000_000, 150
         clients = [
             ("get", client(b, "get", VIP, PORT, get_n, 21, "--rate", 3_000_000), get_n),
+            ("put", client(b, "put", VIP, PORT, put_n, 22, "--rate", 1_500_000), put_n),
             ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
         ]
         time.sleep(1.5)
@@ -141,7 +145,7 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
             print(diagnose(backup))
             raise
         for name, _, n in clients:
-            {"get": check_get, "chat": check_chat}[name](results[name], n)
+            {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
         print("client stalls:", {k: v["max_gap_s"] for k, v in results.items()})
         st = status(backup)
         assert st["gate_open"] is True and st["role"] == "primary", st
@@ -164,3 +168,59 @@ def test_backup_death_leaves_the_primary_serving_and_reported():
         assert st["role"] == "primary" and st["gate_open"] is True, st
         # Still serving, now without a backup.
         check_chat(result(client(b, "chat", VIP, PORT, 20, "--interval", 0.01)), 20)
+
+
+def test_missed_segments_are_resent_under_loss_on_the_backup_port():
+    """Frames to the backup only are lost (netem on its receive side): the client's
+    TCP never retransmits what the primary acknowledged, so the backup must get those
+    bytes from the primary's kept copies, and a later failover must find its TCP
+    complete."""
+    with Bench(2, name="lzsl", hub=True) as b:
+        primary, backup = setup_pair(b)
+        b.netem_ingress(backup, "loss 3%")
+        # A long-lived interactive session spans the lossy phase and the failover.
+        lines = 400
+        chat = client(b, "chat", VIP, PORT, lines, "--interval", 0.02)
+        put_n, get_n = 4_000_000, 2_000_000
+        check_put(result(client(b, "put", VIP, PORT, put_n, 51)), put_n)
+        check_get(result(client(b, "get", VIP, PORT, get_n, 52)), get_n)
+        assert b.netem_ingress_drops(backup) > 0, "netem dropped nothing on the backup's port"
+        sb = status(backup)["stats"]
+        sp = status(primary)["stats"]
+        print("backup:", json.dumps(sb), "\nprimary:", json.dumps(sp))
+        assert sb["resend_requests"] > 0, "the backup never asked for a missed segment"
+        assert sp["resend_requests"] > 0 and sp["resent_segments"] > 0, "the primary resent nothing"
+        assert sp["retention_overflows"] == 0 and sb["progress_rejected"] == 0 and sp["progress_rejected"] == 0
+        # The backup ends up with every byte: the primary releases all it kept.
+        b.netem_ingress_clear(backup)
+        wait_for("the backup to catch up (primary keeps nothing)",
+                 lambda: status(primary)["retained_bytes"] == 0, timeout=15)
+        primary.fence()
+        wait_for("the backup to declare the primary failed", lambda: status(backup)["peer_state"] == "failed")
+        backup.out(f"{LZCTL} -j shadow takeover")
+        try:
+            check_chat(result(chat), lines)
+        except AssertionError:
+            print(diagnose(backup))
+            raise
+        # What was uploaded under loss is intact on the survivor's side too.
+        check_put(result(client(b, "put", VIP, PORT, 1_000_000, 53)), 1_000_000)
+
+
+def test_one_sided_fin_is_held_up_to_max_delay_fin():
+    with Bench(2, name="lzsf", hub=True) as b:
+        max_delay = 800
+        primary, backup = setup_pair(b, f"--max-delay-fin-ms {max_delay}")
+        # Both programs close: the primary's FIN waits at most for the backup's report.
+        agreed = result(client(b, "bye", VIP, PORT, 0))
+        assert agreed["reply"] == "bye\n" and agreed["rest"] == 0, agreed
+        assert agreed["eof_after_s"] < 0.5, agreed
+        held_before = status(primary)["stats"]["fins_held"]
+        # Only the primary's program closes: its FIN is held for MaxDelayFIN, then sent.
+        backup.run("touch /tmp/lzserver-linger")
+        alone = result(client(b, "bye", VIP, PORT, 0))
+        assert alone["reply"] == "bye\n" and alone["rest"] == 0, alone
+        assert max_delay / 1000 * 0.9 <= alone["eof_after_s"] < 5, alone
+        assert alone["reply_after_s"] < 0.5, alone
+        assert status(primary)["stats"]["fins_held"] > held_before
+        print("FIN after", agreed["eof_after_s"], "s when both close,", alone["eof_after_s"], "s when only the primary does")

@@ -15,7 +15,7 @@
 //! role = "backup"            # or "primary"
 //! service = "10.77.0.100:8080"
 //! peer = "10.77.0.11"        # the other node's own address
-//! dev = "lz0"                # client segment interface; required on a backup
+//! dev = "lz0"                # client segment interface (required)
 //! heartbeat_ms = 100         # 10..=10000
 //! beat_port = 7401
 //! max_conns = 16384          # 16..=1048576
@@ -263,8 +263,9 @@ fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
         if !is_ifname(d) {
             return Err(format!("shadow.dev: \"{d}\" is not an interface name (1-15 bytes, no '/', ':' or spaces)"));
         }
-    } else if role == ShadowRole::Backup {
-        return Err("shadow.dev: required on a backup (the interface on the client segment)".into());
+    } else {
+        // A backup listens there; a primary sends kept client segments to the backup there.
+        return Err("shadow.dev: required (the interface on the client segment)".into());
     }
     let heartbeat_ms = in_range("heartbeat_ms", r.heartbeat_ms, SHADOW_HEARTBEAT_MS.into(), 10, 10_000)? as u32;
     let beat_port = in_range("beat_port", r.beat_port, lazarus_proto::beat::DEFAULT_PORT.into(), 1, 65_535)? as u16;
@@ -416,9 +417,11 @@ fence_timeout_ms = 3000
 
     #[test]
     fn shadow_defaults() {
-        let s = parse("[shadow]\nrole = 'primary'\nservice = '10.77.0.100:80'\npeer = '10.77.0.12'\n").unwrap().shadow.unwrap();
+        let s = parse("[shadow]\nrole = 'primary'\nservice = '10.77.0.100:80'\npeer = '10.77.0.12'\ndev = 'lz0'\n").unwrap().shadow.unwrap();
         assert_eq!(s.role, ShadowRole::Primary);
-        assert_eq!(s.dev, None, "dev is optional on a primary");
+        assert_eq!(s.dev.as_deref(), Some("lz0"));
+        let e = parse("[shadow]\nrole = 'primary'\nservice = '10.77.0.100:80'\npeer = '10.77.0.12'\n").unwrap_err();
+        assert!(e.starts_with("shadow.dev: required"), "{e}");
         assert_eq!((s.heartbeat_ms, s.beat_port, s.max_conns), (100, 7401, 16384));
         assert_eq!((s.retain_kb, s.max_delay_fin_ms, s.app_max_lag_kb, s.app_max_lag_ms), (16384, 500, 1024, 2000), "the module's defaults");
         let r = s.request();
@@ -505,9 +508,9 @@ fence_timeout_ms = 3000
     #[test]
     fn shadow_missing_and_unknown_fields() {
         let without = |field: &str| BACKUP.lines().filter(|l| !l.starts_with(&format!("{field} ="))).collect::<Vec<_>>().join("\n");
-        // A backup needs its interface and, with auto_takeover, a fence command.
+        // A node needs its interface and, a backup with auto_takeover, a fence command.
         let e = parse(&without("dev")).unwrap_err();
-        assert!(e.starts_with("shadow.dev: required on a backup"), "{e}");
+        assert!(e.starts_with("shadow.dev: required"), "{e}");
         let e = parse(&without("fence")).unwrap_err();
         assert!(e.starts_with("shadow.fence: required on a backup with auto_takeover"), "{e}");
         for field in ["role", "service", "peer"] {
