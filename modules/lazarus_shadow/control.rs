@@ -54,7 +54,7 @@ fn be_u32(addr: [u8; 4]) -> u32 {
 }
 
 fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
-    let all: [(u16, &AtomicU64); 24] = [
+    let all: [(u16, &AtomicU64); 25] = [
         (st::CLIENT_SEGMENTS, &s.client_segments),
         (st::SWALLOWED, &s.swallowed),
         (st::TRANSLATED_IN, &s.translated_in),
@@ -79,6 +79,7 @@ fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
         (st::UNPROTECTED_CONNS, &s.unprotected_conns),
         (st::FINS_HELD, &s.fins_held),
         (st::APP_LAG_REPORTS, &s.app_lag_reports),
+        (st::CONNS_RESET, &s.conns_reset),
     ];
     m.nest(a::STATS, |m| {
         for (id, c) in all {

@@ -127,6 +127,7 @@ pub(crate) struct Stats {
     pub(crate) unprotected_conns: AtomicU64,
     pub(crate) fins_held: AtomicU64,
     pub(crate) app_lag_reports: AtomicU64,
+    pub(crate) conns_reset: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -195,6 +195,8 @@ impl Sync {
             let _ = release.push(*key, GFP_ATOMIC);
         }
         if r.has(flag::CLOSED) {
+            // The backup's connection is over: nothing kept can help it any more.
+            release_all(s, c);
             return;
         }
         if c.retention.on_backup_report(Seq(r.rcv_next)) {

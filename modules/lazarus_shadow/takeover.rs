@@ -7,11 +7,17 @@
 //! each connection is prompted — an ACK with the backup's current state goes out at
 //! once, and a pending retransmission or tail-loss probe is brought forward — so that
 //! clients resume now rather than at their next retransmission timeout.
+//!
+//! A connection whose TCP lacks client bytes that the old primary had (its last
+//! progress report says so) cannot continue: the client was told they arrived and
+//! will not send them again, so this TCP would wait for them forever. Such a
+//! connection is reset, which the client's program sees at once.
 
 use super::lzk::kthread;
 use super::lzk::net::Net;
 use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::genl_shadow::role;
+use super::lzk::proto::seq::Seq;
 use super::lzk::tcp::EstablishedSock;
 use super::{now_ms, Live, Shared};
 use core::sync::atomic::Ordering;
@@ -52,24 +58,42 @@ pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Resu
     // Walk the table in batches without holding its lock while TCP runs: prompting
     // sends segments, whose LOCAL_OUT hook takes the same lock.
     let mut prompted = 0u32;
+    let mut reset = 0u64;
     let mut cursor = Some(0usize);
     while let Some(from) = cursor {
-        let mut keys = [FlowKey::default(); BATCH];
+        let mut keys = [(FlowKey::default(), None); BATCH];
         let mut n = 0;
         cursor = shared
             .with_table(|t| {
                 t.walk(from, BATCH, |_, k, c| {
                     if c.shadow.mapping().is_some() && !c.shadow.finished() {
-                        keys[n] = *k;
+                        keys[n] = (*k, c.peer.map(|r| r.rcv_next));
                         n += 1;
                     }
                 })
             })
             .flatten();
-        for k in &keys[..n] {
+        for (k, primary_next) in &keys[..n] {
             let Some(sock) = EstablishedSock::lookup(net, (k.client, k.client_port), (vip, port)) else {
                 continue;
             };
+            let own = sock.progress().map(|p| Seq(p.rcv_nxt));
+            if let (Some(own), Some(theirs)) = (own, primary_next) {
+                if own.lt(Seq(*theirs)) {
+                    // The first few by name; the summary below counts them all.
+                    if reset < 5 {
+                        pr_warn!(
+                        "takeover: resetting {}:{}: {} client bytes the primary had never reached this node\n",
+                        super::lzk::net::Ipv4Addr(k.client),
+                        k.client_port,
+                        Seq(*theirs).diff(own)
+                        );
+                    }
+                    sock.abort();
+                    reset += 1;
+                    continue;
+                }
+            }
             for attempt in 0..PROMPT_TRIES {
                 if sock.prompt() {
                     prompted += 1;
@@ -82,8 +106,9 @@ pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Resu
         }
     }
     shared.stats.prompts.fetch_add(prompted as u64, Ordering::Relaxed);
+    shared.stats.conns_reset.fetch_add(reset, Ordering::Relaxed);
     let took_ms = now_ms().saturating_sub(start).min(u32::MAX as u64) as u32;
     let conns = shared.conns();
-    pr_info!("takeover: serving {} connections ({} prompted) after {} ms\n", conns, prompted, took_ms);
+    pr_info!("takeover: serving {} connections ({} prompted, {} reset) after {} ms\n", conns, prompted, reset, took_ms);
     Ok(Outcome { conns, took_ms })
 }

@@ -108,6 +108,17 @@ impl EstablishedSock {
         })
     }
 
+    /// Abort the connection: a RST goes to the peer and the socket is closed with
+    /// `ECONNABORTED` for its program. Process context (takes the socket lock).
+    pub fn abort(&self) {
+        if QUIET_STATES.contains(&self.state()) {
+            return;
+        }
+        // SAFETY: A full socket (checked above), referenced (type invariant);
+        // `tcp_abort` locks it itself and may sleep, which the caller allows.
+        unsafe { bindings::tcp_abort(self.sk.as_ptr(), bindings::ECONNABORTED as i32) };
+    }
+
     /// Make the socket send an ACK with its current state now, and bring a pending
     /// retransmission (or tail-loss probe) forward to now. Process context.
     ///

@@ -144,7 +144,9 @@ pub mod stats_attr {
     pub const FINS_HELD: u16 = 23;
     /// Connections on which this node's program lagged its twin beyond the limits.
     pub const APP_LAG_REPORTS: u16 = 24;
-    pub const MAX: u16 = 24;
+    /// Connections reset at takeover because this node lacked client bytes the old primary had acknowledged (the client would never send them again).
+    pub const CONNS_RESET: u16 = 25;
+    pub const MAX: u16 = 25;
 }
 
 /// Attributes of the `conn` set.

@@ -367,6 +367,7 @@ fn shadow_counters(s: &ShadowStatus) -> Vec<String> {
         ("unprotected-conns", t.unprotected_conns),
         ("fins-held", t.fins_held),
         ("app-lag-reports", t.app_lag_reports),
+        ("conns-reset", t.conns_reset),
     ];
     let mut out = vec!["  counters:".to_string()];
     for pair in rows.chunks(2) {
@@ -717,7 +718,7 @@ mod tests {
         assert_eq!(l.len(), 10);
         assert_eq!(shadow_summary(&status("none")).len(), 2);
         let c = shadow_counters(&status("backup"));
-        assert_eq!(c.len(), 1 + 12);
+        assert_eq!(c.len(), 1 + 13);
         assert!(c[7].starts_with("    parse-errors") && c[7].contains(" 7    "), "{}", c[7]);
         assert!(c[11].starts_with("    retention-overflows") && c[11].contains(" 2    unprotected-conns"), "{}", c[11]);
         assert_eq!(c[12].split_whitespace().collect::<Vec<_>>(), ["fins-held", "0", "app-lag-reports", "5"]);
@@ -778,10 +779,11 @@ mod tests {
             "unprotected_conns",
             "fins_held",
             "app_lag_reports",
+            "conns_reset",
         ] {
             assert!(stats.contains_key(k), "stats.{k}");
         }
-        assert_eq!(stats.len(), 24);
+        assert_eq!(stats.len(), 25);
         assert_eq!((&stats["retention_overflows"], &stats["app_lag_reports"]), (&json!(2), &json!(5)));
     }
 

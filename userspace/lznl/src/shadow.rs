@@ -124,6 +124,8 @@ pub struct ShadowStats {
     pub fins_held: u64,
     /// Connections on which this node's program lagged its twin beyond the limits.
     pub app_lag_reports: u64,
+    /// Connections reset at takeover: this node lacked client bytes the old primary had.
+    pub conns_reset: u64,
 }
 
 impl ShadowStats {
@@ -155,6 +157,7 @@ impl ShadowStats {
             unprotected_conns: get(st::UNPROTECTED_CONNS, "stats.unprotected-conns")?,
             fins_held: get(st::FINS_HELD, "stats.fins-held")?,
             app_lag_reports: get(st::APP_LAG_REPORTS, "stats.app-lag-reports")?,
+            conns_reset: get(st::CONNS_RESET, "stats.conns-reset")?,
         })
     }
 }
@@ -649,6 +652,7 @@ mod tests {
         assert_eq!((t.progress_sent, t.progress_received, t.progress_rejected), (150, 160, 170));
         assert_eq!((t.retained_segments, t.resend_requests, t.resent_segments), (180, 190, 200));
         assert_eq!((t.retention_overflows, t.unprotected_conns, t.fins_held, t.app_lag_reports), (210, 220, 230, 240));
+        assert_eq!(t.conns_reset, 250);
 
         // A counter missing from the nest is a malformed reply.
         let short: Vec<u8> = (1..=st::MAX).filter(|&id| id != st::PARSE_ERRORS).flat_map(|id| nla(id, &0u64.to_ne_bytes())).collect();
@@ -678,8 +682,8 @@ mod tests {
     #[test]
     fn every_counter_is_decoded() {
         // A counter added to the spec must be added to ShadowStats (and to lzctl's table).
-        assert_eq!(st::MAX, st::APP_LAG_REPORTS, "the stats set has a counter ShadowStats does not decode");
-        assert_eq!(st::MAX, 24);
+        assert_eq!(st::MAX, st::CONNS_RESET, "the stats set has a counter ShadowStats does not decode");
+        assert_eq!(st::MAX, 25);
     }
 
     #[test]
