@@ -77,6 +77,12 @@ def rust_for(spec, src_name):
         checks = a.get("checks", {})
         mn = checks.get("min")
         mx = checks.get("max")
+        for bound in (mn, mx):
+            # The kernel's inline policy ranges are s16: a larger bound must be checked
+            # in the handler instead (say so in the attribute's doc).
+            if bound is not None and not -32768 <= bound <= 32767:
+                sys.exit(f"{src_name}: attribute {a['name']}: bound {bound} does not fit the kernel's "
+                         "16-bit policy range; check it in the handler")
         ml = checks.get("max-len", 0)
         out.append(
             f"    AttrPolicy {{ id: {tmod}::{const(a['name'])}, kind: AttrKind::{KINDS[a['type']]}, "

@@ -224,25 +224,23 @@ class Bench:
     def netem_clear(self, guest):
         guest.run("tc qdisc del dev lz0 root", check=False)
 
-    def netem_ingress(self, guest, spec):
-        """Impair frames arriving at `guest` only (e.g. "loss 3%"), as if its own NIC
-        or switch port lost them: everything received on lz0 is redirected through
-        the ifb0 device, whose netem qdisc drops or delays it before the stack (and
-        any netfilter hook) sees it."""
-        guest.run("ip link add ifb0 type ifb 2>/dev/null; ip link set ifb0 up && "
-                  "tc qdisc replace dev lz0 ingress && "
-                  "tc filter replace dev lz0 parent ffff: matchall action mirred egress redirect dev ifb0 && "
-                  f"tc qdisc replace dev ifb0 root netem {spec}")
+    def drop_ingress(self, guest, percent):
+        """Lose about `percent` % of the frames arriving at `guest` only, as if its own
+        NIC or switch port lost them: a tc ingress filter drops them at random before
+        the stack, or any netfilter hook, sees them."""
+        one_in = max(1, round(100 / percent))
+        guest.run("tc qdisc replace dev lz0 ingress && "
+                  f"tc filter replace dev lz0 parent ffff: matchall action gact pass random netrand drop {one_in}")
 
-    def netem_ingress_clear(self, guest):
-        guest.run("tc qdisc del dev lz0 ingress; tc qdisc del dev ifb0 root", check=False)
+    def drop_ingress_clear(self, guest):
+        guest.run("tc qdisc del dev lz0 ingress", check=False)
 
-    def netem_ingress_drops(self, guest):
-        """Frames netem dropped on the way into `guest`."""
-        out = guest.out("tc -s qdisc show dev ifb0")
+    def ingress_drops(self, guest):
+        """Frames the ingress filter of `guest` dropped so far."""
+        out = guest.out("tc -s filter show dev lz0 ingress")
         m = re.search(r"dropped (\d+)", out)
         if not m:
-            raise BenchError(f"no netem statistics on ifb0 in guest {guest.index}: {out!r}")
+            raise BenchError(f"no drop statistics on lz0's ingress filter in guest {guest.index}: {out!r}")
         return int(m.group(1))
 
     def assert_no_kernel_trouble(self):

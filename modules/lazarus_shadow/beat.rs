@@ -83,12 +83,12 @@ impl Beater {
 }
 
 impl Beater {
-    fn report(&self, now: u64) {
+    fn report(&self, now: u64, interval_ms: u64) {
         if self.shared.peer_state.load(Ordering::Relaxed) == peer_state::FAILED {
             return;
         }
         let mut lags = KVec::new();
-        self.sync.report(&self.shared, &self.sock, self.peer, now, &mut lags);
+        self.sync.report(&self.shared, &self.sock, self.peer, now, interval_ms, &mut lags);
         for l in lags.iter() {
             self.lagging(l);
         }
@@ -137,9 +137,9 @@ impl ThreadBody for Beater {
                 }
                 next_send = now + interval as u64;
                 s.urgent.store(false, Ordering::Relaxed);
-                self.report(now);
+                self.report(now, interval as u64);
             } else if s.urgent.swap(false, Ordering::Relaxed) {
-                self.report(now);
+                self.report(now, interval as u64);
             }
             match self.sock.recv(&mut buf) {
                 Ok((n, from)) if progress::is_progress(&buf[..n]) => {

@@ -40,6 +40,7 @@ const MAX_RETAIN_KB: u32 = 1 << 20;
 const DEFAULT_MAX_DELAY_FIN_MS: u32 = 500;
 const DEFAULT_APP_MAX_LAG_KB: u32 = 1024;
 const DEFAULT_APP_MAX_LAG_MS: u32 = 2000;
+const MAX_APP_MAX_LAG_MS: u32 = 60_000;
 
 pub(crate) struct Control {
     shared: Arc<Shared>,
@@ -229,6 +230,12 @@ impl Control {
             req.set_message(c"app-max-lag-kb is at most 4194303");
             return Err(ERANGE);
         }
+        let app_max_lag_ms = req.u32(a::APP_MAX_LAG_MS).unwrap_or(DEFAULT_APP_MAX_LAG_MS);
+        if app_max_lag_ms > MAX_APP_MAX_LAG_MS {
+            // Above netlink's 16-bit inline range, so checked here.
+            req.set_message(c"app-max-lag-ms is at most 60000");
+            return Err(ERANGE);
+        }
         if vip == 0 || peer == 0 || vip == peer {
             req.set_message(c"service-addr and peer-addr must be distinct unicast addresses");
             return Err(EINVAL);
@@ -244,7 +251,7 @@ impl Control {
             retain_bytes: retain_kb as u64 * 1024,
             max_delay_fin_ms: req.u32(a::MAX_DELAY_FIN_MS).unwrap_or(DEFAULT_MAX_DELAY_FIN_MS),
             app_max_lag_bytes: app_max_lag_kb * 1024,
-            app_max_lag_ms: req.u32(a::APP_MAX_LAG_MS).unwrap_or(DEFAULT_APP_MAX_LAG_MS),
+            app_max_lag_ms,
         };
         s.heartbeat_ms.store(heartbeat.unwrap_or(DEFAULT_HEARTBEAT_MS), Ordering::Relaxed);
         *live = Some(self.start(req, config)?);

@@ -100,14 +100,14 @@ impl Sync {
     }
 
     /// Report changed progress to the peer. Returns the lags found.
-    pub(crate) fn report(&self, s: &Shared, sock: &Socket, peer: SockAddr, now: u64, lags: &mut KVec<Lag>) {
+    pub(crate) fn report(&self, s: &Shared, sock: &Socket, peer: SockAddr, now: u64, interval_ms: u64, lags: &mut KVec<Lag>) {
         let mut w = Writer::new(&self.header());
         let mut cursor = Some(0usize);
         while let Some(from) = cursor {
             cursor = s
                 .with_table(|t| {
                     t.walk_mut(from, WALK_BATCH, |k, c| {
-                        self.visit(s, k, c, now, &mut w, lags);
+                        self.visit(s, k, c, now, interval_ms, &mut w, lags);
                     })
                 })
                 .flatten();
@@ -122,8 +122,9 @@ impl Sync {
         }
     }
 
-    fn visit(&self, s: &Shared, k: &FlowKey, c: &mut Conn, now: u64, w: &mut Writer, lags: &mut KVec<Lag>) {
-        if self.role == Role::Primary && c.retention.abandoned(now, UNREPORTED_LIMIT_MS) {
+    #[allow(clippy::too_many_arguments)]
+    fn visit(&self, s: &Shared, k: &FlowKey, c: &mut Conn, now: u64, interval_ms: u64, w: &mut Writer, lags: &mut KVec<Lag>) {
+        if self.role == Role::Primary && !c.retention.unprotected && c.retention.abandoned(now, UNREPORTED_LIMIT_MS) {
             // The backup does not follow this connection: keeping its bytes would
             // only fill the budget.
             release_all(s, c);
@@ -139,6 +140,16 @@ impl Sync {
             {
                 bump(&s.stats.app_lag_reports);
                 let _ = lags.push(Lag { bytes }, GFP_ATOMIC);
+            }
+        }
+        // The backup also checks here, not only when a report arrives: the primary
+        // repeats an unchanged report only every REFRESH_MS, and a gap at the end of
+        // a transfer leaves its report unchanged.
+        if self.role == Role::Backup && !r.has(flag::CLOSED) {
+            if let Some(peer) = c.peer.filter(|p| !p.has(flag::CLOSED)) {
+                if c.follower.on_primary(Seq(r.rcv_next), Seq(peer.rcv_next), now, interval_ms) {
+                    c.want_resend = true;
+                }
             }
         }
         if c.want_resend {

@@ -84,7 +84,7 @@ pub mod shadow_attr {
     pub const MAX_DELAY_FIN_MS: u16 = 19;
     /// Report this node's program lagging its twin's output by more than this many KiB (AppMaxLagBytes; default 1024).
     pub const APP_MAX_LAG_KB: u16 = 20;
-    /// ... for at least this long (AppMaxLagTime; default 2000).
+    /// ... for at least this long (AppMaxLagTime; default 2000, at most 60000).
     pub const APP_MAX_LAG_MS: u16 = 21;
     /// 1 while the peer is alive and (on the primary) its retention has not overflowed: a failure of either node now loses no client byte.
     pub const FAULT_TOLERANT: u16 = 22;
@@ -194,7 +194,7 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: shadow_attr::RETAIN_KB, kind: AttrKind::U32, min: Some(64), max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::MAX_DELAY_FIN_MS, kind: AttrKind::U32, min: None, max: Some(10000), max_len: 0 },
     AttrPolicy { id: shadow_attr::APP_MAX_LAG_KB, kind: AttrKind::U32, min: Some(1), max: None, max_len: 0 },
-    AttrPolicy { id: shadow_attr::APP_MAX_LAG_MS, kind: AttrKind::U32, min: None, max: Some(60000), max_len: 0 },
+    AttrPolicy { id: shadow_attr::APP_MAX_LAG_MS, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::FAULT_TOLERANT, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
     AttrPolicy { id: shadow_attr::RETAINED_BYTES, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::LAG_BYTES, kind: AttrKind::U32, min: None, max: None, max_len: 0 },

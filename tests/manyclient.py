@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Many concurrent echo connections from the host's own TCP stack. Opens N
+connections to lzserver's ECHO mode (in batches, so the server's listen queue never
+overflows), then for R rounds sends each connection a seeded chunk and reads its echo
+back, comparing every byte. Prints one JSON line.
+
+    manyclient.py HOST PORT CONNS ROUNDS [--interval S] [--ready FILE]
+
+With --ready, FILE is created once every connection is open (tests wait for it
+before they kill the primary).
+"""
+import argparse
+import json
+import random
+import socket
+import time
+
+
+def chunk(conn, rnd):
+    r = random.Random(conn * 100_003 + rnd)
+    return r.randbytes(r.randrange(1, 300))
+
+
+def read_exactly(s, n):
+    buf = b""
+    while len(buf) < n:
+        b = s.recv(n - len(buf))
+        if not b:
+            break
+        buf += b
+    return buf
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("conns", type=int)
+    p.add_argument("rounds", type=int)
+    p.add_argument("--interval", type=float, default=0.2)
+    p.add_argument("--ready")
+    a = p.parse_args()
+    socks = []
+    for i in range(a.conns):
+        s = socket.create_connection((a.host, a.port), timeout=60)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"ECHO\n")
+        socks.append(s)
+        if i % 50 == 49:
+            time.sleep(0.05)
+    if a.ready:
+        open(a.ready, "w").close()
+    bad, slowest, echoed = 0, 0.0, 0
+    for rnd in range(a.rounds):
+        start = time.monotonic()
+        for i, s in enumerate(socks):
+            s.sendall(chunk(i, rnd))
+        for i, s in enumerate(socks):
+            want = chunk(i, rnd)
+            got = read_exactly(s, len(want))
+            if got != want:
+                bad += 1
+            echoed += len(got)
+        slowest = max(slowest, time.monotonic() - start)
+        time.sleep(a.interval)
+    for s in socks:
+        s.close()
+    print(json.dumps({"conns": a.conns, "rounds": a.rounds, "bad": bad, "echoed_bytes": echoed,
+                      "slowest_round_s": round(slowest, 3)}))
+
+
+if __name__ == "__main__":
+    main()
