@@ -170,6 +170,7 @@ def failover(hb):
         start_servers(b)
         primary.run(f"ip addr add {VIP}/32 dev lz0")
         shadow_on(b, hb)
+        backup.run(f"insmod {b.modules}/lazarus_core/lazarus_core.ko")
         backup.run(f"""cat > /tmp/lz.toml <<'CFG'
 [shadow]
 role = "backup"

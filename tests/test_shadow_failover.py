@@ -65,7 +65,9 @@ def setup_pair(b, primary_opts=""):
 def start_lazarusd(backup, primary):
     """lazarusd on the backup, taking over by itself when the primary fails. The test
     kills the primary's VM itself, so the fence command has nothing left to do
-    (`true`); in a deployment it powers the primary off."""
+    (`true`); in a deployment it powers the primary off. lazarusd drives both
+    modules, so lazarus_core is loaded too."""
+    backup.insmod("lazarus_core")
     backup.run(f"""cat > /tmp/lz.toml <<'CFG'
 [shadow]
 role = "backup"
@@ -94,7 +96,7 @@ def result(p, timeout=120):
 
 def diagnose(g):
     """What a failed takeover test needs to be understood."""
-    return g.out(f"{LZCTL} -j shadow status; {LZCTL} -j shadow conns; ss -tnoi; dmesg | tail -20", timeout=30)
+    return g.out(f"{LZCTL} -j shadow status; {LZCTL} -j shadow conns; ss -tnoie; nstat -az | grep -v ' 0 '; dmesg | tail -20", timeout=30)
 
 
 def check_get(r, n):
@@ -143,7 +145,11 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
         # released them all.
         sp = status(primary)
         assert sp["stats"]["retained_segments"] > 0 and sp["fault_tolerant"] is True, json.dumps(sp)
-        wait_for("the primary to release every kept segment", lambda: status(primary)["retained_bytes"] == 0)
+        try:
+            wait_for("the primary to release every kept segment", lambda: status(primary)["retained_bytes"] == 0)
+        except AssertionError:
+            print(diagnose(primary), diagnose(backup))
+            raise
 
         # Phase 2: transfers paced to last several seconds; the primary dies in them
         # and lazarusd on the backup takes over by itself.

@@ -219,13 +219,22 @@ impl Handler {
         let key = FlowKey { client: p.ip.dst, client_port: p.tcp.dst_port, service: p.ip.src, service_port: port };
         let opts = options(head, p).unwrap_or_default();
         let (syn, ack, fin, rst) = flags(p);
+        let now = now_ms();
         self.shared.with_table(|t| {
-            if let Some(c) = t.get_mut(&key) {
-                if syn && ack {
-                    c.shadow.on_primary_synack(SynAck::new(p.tcp.seq, &opts));
-                } else {
-                    c.shadow.on_primary_segment(opts.timestamp.map(|t| t.0), fin, rst);
+            if syn && ack {
+                // Receive batching runs this hook for a whole batch of frames before
+                // PRE_ROUTING sees any of them, so the primary's SYN-ACK can come
+                // before the client's SYN has made an entry: make it here (the
+                // SYN-ACK acknowledges the client's ISN + 1).
+                let fresh = || Conn { shadow: Shadow::new(p.tcp.ack.sub(1)), last_ms: now, ..Conn::default() };
+                if t.get(&key).is_some_and(|c| c.shadow.finished()) {
+                    t.remove(&key);
                 }
+                if let Ok(c) = t.get_or_insert_with(key, fresh) {
+                    c.shadow.on_primary_synack(SynAck::new(p.tcp.seq, &opts));
+                }
+            } else if let Some(c) = t.get_mut(&key) {
+                c.shadow.on_primary_segment(opts.timestamp.map(|t| t.0), fin, rst);
             }
         });
     }

@@ -145,8 +145,10 @@ impl Sync {
         // The backup also checks here, not only when a report arrives: the primary
         // repeats an unchanged report only every REFRESH_MS, and a gap at the end of
         // a transfer leaves its report unchanged.
+        // A closed primary connection still counts: its last report says what the
+        // primary had, and the bytes it kept stay until this node has them too.
         if self.role == Role::Backup && !r.has(flag::CLOSED) {
-            if let Some(peer) = c.peer.filter(|p| !p.has(flag::CLOSED)) {
+            if let Some(peer) = c.peer {
                 if c.follower.on_primary(Seq(r.rcv_next), Seq(peer.rcv_next), now, interval_ms) {
                     c.want_resend = true;
                 }
@@ -231,7 +233,7 @@ impl Sync {
     }
 
     fn from_primary(&self, s: &Shared, key: &FlowKey, c: &mut Conn, r: &Record, now: u64, interval_ms: u64) {
-        if r.has(flag::CLOSED) || c.shadow.mapping().is_none() {
+        if c.shadow.mapping().is_none() {
             return;
         }
         let Some(own) = self.lookup(key).and_then(|sk| sk.progress()) else {

@@ -119,6 +119,8 @@ pub struct Shadow {
     mismatch: bool,
     /// One past the highest sequence number the backup's TCP has sent (its space).
     backup_next: Option<Seq>,
+    /// The client's initial sequence number.
+    client_isn: Seq,
 }
 
 /// Timestamp order modulo 2^32 (RFC 7323 §5.2): `a` after `b`.
@@ -131,6 +133,7 @@ impl Shadow {
     pub fn new(client_isn: Seq) -> Self {
         Shadow {
             progress: Progress { client_next: client_isn.add(1), client_acked: Seq(0), ..Default::default() },
+            client_isn,
             ..Default::default()
         }
     }
@@ -241,7 +244,11 @@ impl Shadow {
         p.client_fin |= seg.fin;
         p.rst |= seg.rst;
         self.note_primary_tsval(seg.tsecr);
-        if self.map.is_none() {
+        // Only the client's first segment after its SYN (sequence ISN + 1) acknowledges
+        // exactly the SYN-ACK; a later one also acknowledges the primary's data and
+        // would give a wrong offset. (A server that speaks first breaks this too; the
+        // primary's SYN-ACK, seen on the wire, is the source that always works.)
+        if self.map.is_none() && seg.seq == self.client_isn.add(1) {
             if let (Some(b), Some(ack)) = (self.backup, seg.ack) {
                 // The handshake ACK acknowledges the primary's ISN + 1, and echoes
                 // the primary's SYN-ACK TSval.
@@ -327,6 +334,12 @@ mod tests {
         assert_eq!(m.seq.unapply(Seq(0xffff_fff1)), Seq(5001));
         assert_eq!(s.inbound_tsecr(30), 70);
         assert_eq!(s.outbound_tsval(70), 30);
+        // A later segment (its handshake ACK was missed) also acknowledges the
+        // primary's data: it teaches nothing.
+        let mut s = Shadow::new(Seq(1000));
+        s.on_backup_synack(synack(5000, 70, 7));
+        assert_eq!(s.on_client_segment(&ack(1006, 9065, 31)), None);
+        assert!(s.on_client_segment(&ack(1001, 9001, 30)).is_some(), "the first segment still does");
     }
 
     #[test]
