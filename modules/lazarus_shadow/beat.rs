@@ -94,6 +94,28 @@ impl Beater {
         }
     }
 
+    /// A backup that took over resets the connections that lost client bytes with
+    /// the old primary, rather than leave them hanging.
+    fn reset_lost(&self, now: u64) {
+        let s = &*self.shared;
+        if self.sync.role != Role::Backup || !s.gate_open.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut lost = KVec::new();
+        self.sync.lost_after_takeover(s, now, &mut lost);
+        for k in lost.iter() {
+            if let Some(sk) = EstablishedSock::lookup(super::lzk::net::Net::init(), (k.client, k.client_port), (self.vip, self.port)) {
+                pr_warn!(
+                    "resetting {}:{}: client bytes acknowledged by the old primary never reached this node\n",
+                    Ipv4Addr(k.client),
+                    k.client_port
+                );
+                sk.abort();
+                bump(&s.stats.conns_reset);
+            }
+        }
+    }
+
     fn lagging(&self, l: &Lag) {
         pr_warn!("this node's program lags its twin's by {} bytes on a connection\n", l.bytes);
         self.notify_lag(event::APP_LAG, None, Some(l.bytes));
@@ -138,6 +160,7 @@ impl ThreadBody for Beater {
                 next_send = now + interval as u64;
                 s.urgent.store(false, Ordering::Relaxed);
                 self.report(now, interval as u64);
+                self.reset_lost(now);
             } else if s.urgent.swap(false, Ordering::Relaxed) {
                 self.report(now, interval as u64);
             }

@@ -117,7 +117,13 @@ fn put_conn(m: &mut Message, k: &FlowKey, c: &ConnView) -> Result {
         }
         m.put_u32(ca::CLIENT_NEXT, p.client_next.0)?;
         m.put_u32(ca::CLIENT_ACKED, p.client_acked.0)?;
-        let flags = p.client_fin as u8 | (p.server_fin as u8) << 1 | (p.rst as u8) << 2 | (sh.options_mismatch() as u8) << 3;
+        let (own_synack, primary_synack) = sh.synacks_seen();
+        let flags = p.client_fin as u8
+            | (p.server_fin as u8) << 1
+            | (p.rst as u8) << 2
+            | (sh.options_mismatch() as u8) << 3
+            | (own_synack as u8) << 4
+            | (primary_synack as u8) << 5;
         m.put_u8(ca::FLAGS, flags)?;
         if let Some(peer) = &c.peer {
             m.put_u32(ca::PEER_NEXT, peer.rcv_next)?;

@@ -31,6 +31,7 @@ use super::lzk::proto::progress::flag;
 use super::lzk::proto::seq::Seq;
 use super::lzk::proto::shadow::{ClientSegment, Mapping, Shadow, SynAck};
 use super::lzk::skb::SkBuff;
+use super::lzk::skbq::SkbQueue;
 use super::{bump, now_ms, Conn, Shared};
 use core::sync::atomic::Ordering;
 use kernel::bindings;
@@ -38,6 +39,9 @@ use kernel::sync::Arc;
 
 /// Hook priorities: before connection tracking, like the core module's redirect.
 pub(crate) const PRIO_RAW: i32 = bindings::nf_ip_hook_priorities_NF_IP_PRI_RAW;
+
+/// Client segments held per connection until its offsets are known.
+const PENDING_MAX: u32 = 16;
 
 /// Headers copied out at ingress: IPv4 and TCP with all options.
 const INGRESS_COPY: usize = 120;
@@ -220,7 +224,7 @@ impl Handler {
         let opts = options(head, p).unwrap_or_default();
         let (syn, ack, fin, rst) = flags(p);
         let now = now_ms();
-        self.shared.with_table(|t| {
+        let pending = self.shared.with_table(|t| {
             if syn && ack {
                 // Receive batching runs this hook for a whole batch of frames before
                 // PRE_ROUTING sees any of them, so the primary's SYN-ACK can come
@@ -232,11 +236,16 @@ impl Handler {
                 }
                 if let Ok(c) = t.get_or_insert_with(key, fresh) {
                     c.shadow.on_primary_synack(SynAck::new(p.tcp.seq, &opts));
+                    return core::mem::take(&mut c.pending);
                 }
             } else if let Some(c) = t.get_mut(&key) {
                 c.shadow.on_primary_segment(opts.timestamp.map(|t| t.0), fin, rst);
             }
+            SkbQueue::default()
         });
+        if let Some(q) = pending {
+            reinject(q);
+        }
     }
 
     fn from_client(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
@@ -287,7 +296,15 @@ impl Handler {
                 return Err(Refusal::Unknown);
             };
             c.last_ms = now;
-            let m = c.shadow.on_client_segment(&seg).ok_or(Refusal::Unknown)?;
+            let Some(m) = c.shadow.on_client_segment(&seg) else {
+                if !gate_open && c.pending.len() < PENDING_MAX {
+                    if let Some(clone) = skb.clone_owned() {
+                        c.pending.push_back(clone);
+                        return Err(Refusal::Held);
+                    }
+                }
+                return Err(Refusal::Unknown);
+            };
             let (ack, clamped) = c.shadow.inbound_ack(p.tcp.ack);
             Ok(Some(Inbound { map: m, ack, clamped, ts: opts.timestamp.map(|(v, e)| (v, c.shadow.inbound_tsecr(e))) }))
         });
@@ -314,6 +331,7 @@ impl Handler {
                 bump(&s.table_full);
                 Verdict::Accept
             }
+            Some(Err(Refusal::Held)) => Verdict::Drop,
             Some(Err(Refusal::Unknown)) => {
                 // Not shadowed (it began before this node shadowed the service, its
                 // SYN was missed, or its offsets are not known yet). The backup's TCP
@@ -347,10 +365,12 @@ impl Handler {
         let opts = options(skb.head(), &p).unwrap_or_default();
         let (syn, ack, fin, rst) = flags(&p);
         let key = FlowKey { client: p.ip.dst, client_port: p.tcp.dst_port, service: vip, service_port: port };
+        let mut pending = SkbQueue::default();
         let out = self.shared.with_table(|t| {
             let c = t.get_mut(&key)?;
             if syn && ack {
                 c.shadow.on_backup_synack(SynAck::new(p.tcp.seq, &opts));
+                pending = core::mem::take(&mut c.pending);
             } else {
                 c.shadow.on_backup_segment(p.tcp.seq, p.seq_len());
             }
@@ -362,6 +382,7 @@ impl Handler {
             let ts = opts.timestamp.map(|(v, e)| (c.shadow.outbound_tsval(v), e));
             Some((m, ts, c.shadow.outbound_window(p.tcp.window)))
         });
+        reinject(pending);
         if !gate_open {
             if fin {
                 // The primary may be holding its FIN for ours: report it soon.
@@ -405,6 +426,14 @@ impl Handler {
     }
 }
 
+/// Send held client segments through the stack again (outside the table lock: they
+/// come back to PRE_ROUTING, which takes it).
+fn reinject(mut q: SkbQueue) {
+    while let Some(skb) = q.pop_front() {
+        let _ = skb.reinject();
+    }
+}
+
 /// How to rewrite a client segment for the backup's TCP.
 struct Inbound {
     map: Mapping,
@@ -419,6 +448,8 @@ struct Inbound {
 enum Refusal {
     /// No shadow, or its offsets are not known yet.
     Unknown,
+    /// Offsets not known yet; a copy is held to go through again once they are.
+    Held,
     /// The table had no room for a new connection.
     Full,
 }

@@ -78,6 +78,10 @@ pub(crate) struct Conn {
     pub(crate) retention: Retention,
     /// Primary: a FIN held for the backup (MaxDelayFIN).
     pub(crate) fin: FinHold,
+    /// Backup: client segments that arrived before the offsets were known (in a
+    /// receive batch with the SYN, before this node's TCP answered it); they go
+    /// through the stack again once a SYN-ACK is seen.
+    pub(crate) pending: SkbQueue,
     /// Backup: when to ask for missed bytes.
     pub(crate) follower: Follower,
     /// Backup: ask in the next report.

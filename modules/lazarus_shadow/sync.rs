@@ -33,6 +33,11 @@ const REFRESH_MS: u64 = 1000;
 const UNREPORTED_LIMIT_MS: u64 = 3000;
 /// Most bytes sent again for one request (the backup asks again if it needs more).
 const RESEND_BUDGET: u64 = 512 * 1024;
+/// After takeover, a connection whose TCP has waited this long for client bytes below
+/// ones it already holds has lost them: the old primary acknowledged them, so the
+/// client will not send them again (a client that never got them resends well
+/// within this).
+const LOST_AFTER_MS: u64 = 3000;
 /// Connections visited per lock hold.
 const WALK_BATCH: usize = MAX_RECORDS;
 
@@ -119,6 +124,30 @@ impl Sync {
                 }
                 w.reset();
             }
+        }
+    }
+
+    /// After takeover: the connections that lost client bytes for good (see
+    /// [`LOST_AFTER_MS`]), to be reset by the caller.
+    pub(crate) fn lost_after_takeover(&self, s: &Shared, now: u64, lost: &mut KVec<FlowKey>) {
+        let mut cursor = Some(0usize);
+        while let Some(from) = cursor {
+            cursor = s
+                .with_table(|t| {
+                    t.walk_mut(from, WALK_BATCH, |k, c| {
+                        if c.shadow.mapping().is_none() || c.finished() {
+                            return;
+                        }
+                        let Some(own) = self.lookup(k).and_then(|sk| sk.progress()) else {
+                            return;
+                        };
+                        let seen = c.shadow.progress().client_next;
+                        if c.follower.on_primary(Seq(own.rcv_nxt), seen, now, LOST_AFTER_MS) {
+                            let _ = lost.push(*k, GFP_ATOMIC);
+                        }
+                    })
+                })
+                .flatten();
         }
     }
 

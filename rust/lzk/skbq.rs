@@ -85,6 +85,24 @@ impl OwnedSkb {
         NonNull::new(c).map(|ptr| OwnedSkb { ptr })
     }
 
+    /// Hand the packet back to the receive path of its device, as if it had just
+    /// arrived (it goes through the device's ingress and IP again). Any context.
+    pub fn reinject(self) -> Result {
+        let p = self.raw();
+        core::mem::forget(self);
+        // SAFETY: `p` is ours (type invariant; ownership passes to the stack here);
+        // it came from a device's receive path, so `dev`, `protocol` and the link
+        // header are set, and `data` is at the network header as the stack expects
+        // after the link layer. `netif_rx` queues it (or frees it) in any context.
+        let r = unsafe { bindings::netif_rx(p) };
+        // NET_RX_DROP: the backlog was full and the packet is gone.
+        if r == bindings::NET_RX_SUCCESS as i32 {
+            Ok(())
+        } else {
+            Err(ENOMEM)
+        }
+    }
+
     /// Send a private copy of this IPv4/TCP packet out of `dev` in an Ethernet frame to
     /// `dst`, as if it came from `dev`. Bypasses IP and netfilter: the copy goes
     /// straight to the device queue. The TCP checksum is left for the device (or the

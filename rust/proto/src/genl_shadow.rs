@@ -163,7 +163,7 @@ pub mod conn_attr {
     pub const CLIENT_NEXT: u16 = 6;
     /// Highest acknowledgment from the client (primary space).
     pub const CLIENT_ACKED: u16 = 7;
-    /// bit 0 client FIN, bit 1 server FIN, bit 2 RST, bit 3 options mismatch.
+    /// bit 0 client FIN, bit 1 server FIN, bit 2 RST, bit 3 options mismatch, bit 4 this node's SYN-ACK seen, bit 5 the primary's SYN-ACK seen (backup).
     pub const FLAGS: u16 = 8;
     /// The peer's next expected client byte, from its latest progress report.
     pub const PEER_NEXT: u16 = 9;

@@ -143,6 +143,11 @@ impl Shadow {
         Shadow { map: Some(Mapping::IDENTITY), ..Shadow::new(client_isn) }
     }
 
+    /// Which SYN-ACKs have been seen: (the backup's own, the primary's).
+    pub fn synacks_seen(&self) -> (bool, bool) {
+        (self.backup.is_some(), self.primary.is_some())
+    }
+
     /// The offsets, once known.
     pub fn mapping(&self) -> Option<Mapping> {
         self.map
