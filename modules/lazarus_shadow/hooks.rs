@@ -41,7 +41,7 @@ use kernel::sync::Arc;
 pub(crate) const PRIO_RAW: i32 = bindings::nf_ip_hook_priorities_NF_IP_PRI_RAW;
 
 /// Client segments held per connection until its offsets are known.
-const PENDING_MAX: u32 = 16;
+const PENDING_MAX: u32 = 8;
 
 /// Headers copied out at ingress: IPv4 and TCP with all options.
 const INGRESS_COPY: usize = 120;

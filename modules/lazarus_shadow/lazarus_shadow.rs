@@ -61,6 +61,9 @@ pub(crate) const VERSION: &core::ffi::CStr = c"0.1.0";
 
 /// A finished connection's shadow is kept this long for late retransmissions.
 const FINISHED_LINGER_MS: u64 = 60_000;
+/// Client segments held for a connection whose offsets are still unknown after this
+/// long without traffic are freed.
+const PENDING_FORGET_MS: u64 = 5_000;
 /// A connection with no segment for this long is forgotten.
 const IDLE_FORGET_MS: u64 = 2 * 3600 * 1000;
 
@@ -295,6 +298,10 @@ impl Shared {
         self.with_table(|t| {
             t.retain(|_, c| {
                 let idle = now.saturating_sub(c.last_ms);
+                if c.shadow.mapping().is_none() && idle > PENDING_FORGET_MS {
+                    // Its SYN-ACKs are not coming: the held segments will never pass.
+                    c.pending.clear();
+                }
                 let keep = !(c.finished() && idle > FINISHED_LINGER_MS) && idle < IDLE_FORGET_MS;
                 if !keep {
                     self.retained_bytes.fetch_sub(c.kept.bytes().min(self.retained_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
