@@ -242,17 +242,18 @@ def test_one_sided_fin_is_held_up_to_max_delay_fin():
     with Bench(2, name="lzsf", hub=True) as b:
         max_delay = 800
         primary, backup = setup_pair(b, f"--max-delay-fin-ms {max_delay}")
-        # Both programs close: the primary's FIN waits at most for the backup's report.
+        # Both programs close: the primary's FIN waits only for the backup's report,
+        # never for MaxDelayFIN.
         agreed = result(client(b, "bye", VIP, PORT, 0))
         assert agreed["reply"] == "bye\n" and agreed["rest"] == 0, agreed
-        assert agreed["eof_after_s"] < 0.5, agreed
+        assert agreed["eof_after_s"] < max_delay / 1000 * 0.9, agreed
         held_before = status(primary)["stats"]["fins_held"]
         # Only the primary's program closes: its FIN is held for MaxDelayFIN, then sent.
         backup.run("touch /tmp/lzserver-linger")
         alone = result(client(b, "bye", VIP, PORT, 0))
         assert alone["reply"] == "bye\n" and alone["rest"] == 0, alone
         assert max_delay / 1000 * 0.9 <= alone["eof_after_s"] < 5, alone
-        assert alone["reply_after_s"] < 0.5, alone
+        assert alone["reply_after_s"] < max_delay / 1000 * 0.9, alone
         assert status(primary)["stats"]["fins_held"] > held_before
         print("FIN after", agreed["eof_after_s"], "s when both close,", alone["eof_after_s"], "s when only the primary does")
 
