@@ -206,9 +206,10 @@ impl Handler {
         let now = now_ms();
         let hold = s.with_table(|t| {
             let c = t.get_mut(&key)?;
-            // Only a connection the backup follows: its report says where it is.
-            let peer = c.peer?;
-            let backup_fin = peer.has(flag::FIN_OUT) || peer.has(flag::CLOSED) || peer.has(flag::RST);
+            // A connection the backup follows (it began while the backup was alive):
+            // hold until its report says its program closed too. A short connection
+            // may close before the backup's first report on it; that is held as well.
+            let backup_fin = c.peer.is_some_and(|p| p.has(flag::FIN_OUT) || p.has(flag::CLOSED) || p.has(flag::RST));
             Some(!c.retention.unprotected && c.fin.hold(now, backup_fin, max_delay))
         });
         if hold == Some(Some(true)) {
