@@ -330,7 +330,10 @@ impl Shared {
         // vmalloc'd, and freeing that must not happen with bottom halves off).
         let table = {
             let _bh = BhGuard::new();
-            self.table.lock().take()
+            // A named guard: it is dropped before `_bh` (a temporary in the block's
+            // tail would outlive it and hold the lock with bottom halves back on).
+            let mut t = self.table.lock();
+            t.take()
         };
         drop(table);
         true
