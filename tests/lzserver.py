@@ -39,8 +39,10 @@ class Handler(socketserver.StreamRequestHandler):
             return
         cmd, args = line[0], line[1:]
         if cmd == b"ECHO":
+            # Through rfile, not the socket: the request line's readline may have
+            # buffered the first client bytes already (when they arrive together).
             while True:
-                b = self.request.recv(65536)
+                b = self.rfile.read1(65536)
                 if not b:
                     return
                 self.request.sendall(b)
@@ -65,7 +67,7 @@ class Handler(socketserver.StreamRequestHandler):
         elif cmd == b"BYE":
             self.wfile.write(b"bye\n")
             if os.path.exists("/tmp/lzserver-linger"):
-                while self.request.recv(65536):
+                while self.rfile.read1(65536):
                     pass
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import random
 import socket
+import sys
 import time
 
 
@@ -39,10 +40,11 @@ def main():
     p.add_argument("rounds", type=int)
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--ready")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a read may wait before its connection counts as hung")
     a = p.parse_args()
     socks = []
     for i in range(a.conns):
-        s = socket.create_connection((a.host, a.port), timeout=60)
+        s = socket.create_connection((a.host, a.port), timeout=a.timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(b"ECHO\n")
         socks.append(s)
@@ -54,23 +56,30 @@ def main():
         open(a.ready, "w").close()
     # A connection the server resets is counted and dropped from later rounds; any
     # wrong byte or a silent hang (timeout) is a failure.
-    bad, slowest, echoed, reset = 0, 0.0, 0, set()
+    bad, slowest, echoed, reset, hung = 0, 0.0, 0, set(), {}
     for rnd in range(a.rounds):
         start = time.monotonic()
         for i, s in enumerate(socks):
-            if i not in reset:
+            if i not in reset and i not in hung:
                 try:
                     s.sendall(chunk(i, rnd))
                 except ConnectionResetError:
                     reset.add(i)
         for i, s in enumerate(socks):
-            if i in reset:
+            if i in reset or i in hung:
                 continue
             want = chunk(i, rnd)
             try:
                 got = read_exactly(s, len(want))
             except ConnectionResetError:
                 reset.add(i)
+                continue
+            except socket.timeout:
+                # Recorded with its port so that the test can look the connection up
+                # on the servers; the other connections go on.
+                hung[i] = {"conn": i, "local_port": s.getsockname()[1], "round": rnd,
+                           "at": round(time.time(), 3), "want": len(want)}
+                print(json.dumps({"hung": hung[i]}), file=sys.stderr, flush=True)
                 continue
             if got != want:
                 bad += 1
@@ -79,7 +88,8 @@ def main():
         time.sleep(a.interval)
     for s in socks:
         s.close()
-    print(json.dumps({"conns": a.conns, "rounds": a.rounds, "bad": bad, "reset": len(reset), "echoed_bytes": echoed,
+    print(json.dumps({"conns": a.conns, "rounds": a.rounds, "bad": bad, "reset": len(reset), "hung": list(hung.values()),
+                      "echoed_bytes": echoed,
                       "slowest_round_s": round(slowest, 3)}))
 
 
