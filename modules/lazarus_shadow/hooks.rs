@@ -137,8 +137,7 @@ impl Handler {
             let inserted = s.with_table(|t| {
                 if t.get(&key).is_some_and(|c| c.finished()) {
                     if let Some(old) = t.remove(&key) {
-                        let b = old.kept.bytes().min(s.retained_bytes.load(Ordering::Relaxed));
-                        s.retained_bytes.fetch_sub(b, Ordering::Relaxed);
+                        s.unaccount_retained(old.kept.bytes());
                     }
                 }
                 t.get_or_insert_with(key, Conn::default).map(|c| {
@@ -240,7 +239,7 @@ impl Handler {
                     return core::mem::take(&mut c.pending);
                 }
             } else if let Some(c) = t.get_mut(&key) {
-                c.shadow.on_primary_segment(opts.timestamp.map(|t| t.0), fin, rst);
+                c.shadow.on_primary_segment(opts.timestamp.map(|t| t.0), ack.then_some(p.tcp.ack), fin, rst);
             }
             SkbQueue::default()
         });

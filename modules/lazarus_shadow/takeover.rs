@@ -9,7 +9,7 @@
 //! clients resume now rather than at their next retransmission timeout.
 //!
 //! A connection whose TCP lacks client bytes that the old primary had (its last
-//! progress report says so) cannot continue: the client was told they arrived and
+//! progress report or its last acknowledgment on the wire says so) cannot continue: the client was told they arrived and
 //! will not send them again, so this TCP would wait for them forever. Such a
 //! connection is reset, which the client's program sees at once.
 
@@ -40,6 +40,17 @@ pub(crate) enum Refused {
     Already,
 }
 
+/// How far the old primary had the client's stream: the later of its last progress
+/// report and its last acknowledgment seen on the wire (a report can be up to an
+/// interval old; the wire is current up to the frames this node itself missed).
+fn primary_had(c: &super::Conn) -> Option<Seq> {
+    let reported = c.peer.map(|r| Seq(r.rcv_next));
+    match (reported, c.shadow.primary_acked()) {
+        (Some(r), Some(w)) => Some(if w.gt(r) { w } else { r }),
+        (r, w) => r.or(w),
+    }
+}
+
 /// Take over. Process context; `live` is the locked configuration of a backup.
 pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Result<Outcome, Refused> {
     if live.config.role != role::BACKUP {
@@ -67,7 +78,7 @@ pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Resu
             .with_table(|t| {
                 t.walk(from, BATCH, |_, k, c| {
                     if c.shadow.mapping().is_some() && !c.shadow.finished() {
-                        keys[n] = (*k, c.peer.map(|r| r.rcv_next));
+                        keys[n] = (*k, primary_had(c));
                         n += 1;
                     }
                 })
@@ -78,15 +89,15 @@ pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Resu
                 continue;
             };
             let own = sock.progress().map(|p| Seq(p.rcv_nxt));
-            if let (Some(own), Some(theirs)) = (own, primary_next) {
-                if own.lt(Seq(*theirs)) {
+            if let (Some(own), Some(theirs)) = (own, *primary_next) {
+                if own.lt(theirs) {
                     // The first few by name; the summary below counts them all.
                     if reset < 5 {
                         pr_warn!(
                         "takeover: resetting {}:{}: {} client bytes the primary had never reached this node\n",
                         super::lzk::net::Ipv4Addr(k.client),
                         k.client_port,
-                        Seq(*theirs).diff(own)
+                        theirs.diff(own)
                         );
                     }
                     sock.abort();

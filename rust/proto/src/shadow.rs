@@ -121,7 +121,16 @@ pub struct Shadow {
     backup_next: Option<Seq>,
     /// The client's initial sequence number.
     client_isn: Seq,
+    /// Highest client sequence number the primary acknowledged on the wire. The
+    /// client never resends what it was told arrived, so a backup whose TCP is short
+    /// of this at takeover cannot continue the connection.
+    primary_acked: Option<Seq>,
 }
+
+/// How far past the client's ISN an acknowledgment seen from the primary may be and
+/// still be taken as one of this connection's (a quarter of the sequence space, so
+/// that comparisons in it stay unambiguous).
+const MAX_ACK_AHEAD: u32 = 1 << 30;
 
 /// Timestamp order modulo 2^32 (RFC 7323 §5.2): `a` after `b`.
 const fn ts_after(a: u32, b: u32) -> bool {
@@ -201,11 +210,33 @@ impl Shadow {
         self.learn_from_synacks();
     }
 
-    /// Any other primary segment seen on the wire: only its TSval matters.
-    pub fn on_primary_segment(&mut self, tsval: Option<u32>, fin: bool, rst: bool) {
+    /// Any other primary segment seen on the wire: its TSval, its acknowledgment of
+    /// client bytes, and FIN or RST.
+    pub fn on_primary_segment(&mut self, tsval: Option<u32>, ack: Option<Seq>, fin: bool, rst: bool) {
         self.note_primary_tsval(tsval);
+        if let Some(a) = ack {
+            self.note_primary_ack(a);
+        }
         self.progress.server_fin |= fin;
         self.progress.rst |= rst;
+    }
+
+    /// Highest client sequence number the primary has been seen acknowledging.
+    pub fn primary_acked(&self) -> Option<Seq> {
+        self.primary_acked
+    }
+
+    fn note_primary_ack(&mut self, ack: Seq) {
+        // Only acknowledgments of the client's stream after its SYN: anything else
+        // on the wire for this tuple (a stale segment of an older connection) says
+        // nothing about this one.
+        if !ack.gt(self.client_isn) || ack.0.wrapping_sub(self.client_isn.0) > MAX_ACK_AHEAD {
+            return;
+        }
+        match self.primary_acked {
+            Some(a) if !ack.gt(a) => {}
+            _ => self.primary_acked = Some(ack),
+        }
     }
 
     fn note_primary_tsval(&mut self, tsval: Option<u32>) {
@@ -382,12 +413,28 @@ mod tests {
         s.on_backup_synack(synack(100, 1000, 7));
         s.on_primary_synack(synack(900, 5000, 7));
         // The primary's clock ran 20 ms ahead of the mapped backup clock.
-        s.on_primary_segment(Some(5100), false, false);
+        s.on_primary_segment(Some(5100), None, false, false);
         assert_eq!(s.outbound_tsval(1080), 5100);
         assert_eq!(s.outbound_tsval(1150), 5150);
         // Echoes from the client count too, with wrapping order.
         s.on_client_segment(&ack(2, 901, 5300));
         assert_eq!(s.outbound_tsval(1150), 5300);
+    }
+
+    #[test]
+    fn primary_acknowledgments_are_tracked_in_order() {
+        let mut s = Shadow::new(Seq(u32::MAX - 10));
+        assert_eq!(s.primary_acked(), None);
+        s.on_primary_segment(None, Some(Seq(u32::MAX - 9)), false, false);
+        assert_eq!(s.primary_acked(), Some(Seq(u32::MAX - 9)));
+        // Across the wrap, and never backwards.
+        s.on_primary_segment(None, Some(Seq(20)), false, false);
+        s.on_primary_segment(None, Some(Seq(5)), false, false);
+        assert_eq!(s.primary_acked(), Some(Seq(20)));
+        // Not this connection's: at or before the client's ISN, or absurdly far on.
+        s.on_primary_segment(None, Some(Seq(u32::MAX - 10)), false, false);
+        s.on_primary_segment(None, Some(Seq(u32::MAX - 10).add(MAX_ACK_AHEAD + 1)), false, false);
+        assert_eq!(s.primary_acked(), Some(Seq(20)));
     }
 
     #[test]
