@@ -31,7 +31,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from lzbench import Bench  # noqa: E402
+from lzbench import Bench, shadow_backup_toml  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
@@ -112,7 +112,6 @@ def start_servers(b):
 
 
 LZCTL = os.path.join(ROOT, "target", "release", "lzctl")
-LAZARUSD = os.path.join(ROOT, "target", "release", "lazarusd")
 
 
 def shadow_on(b, hb):
@@ -170,18 +169,7 @@ def failover(hb):
         start_servers(b)
         primary.run(f"ip addr add {VIP}/32 dev lz0")
         shadow_on(b, hb)
-        backup.run(f"insmod {b.modules}/lazarus_core/lazarus_core.ko")
-        backup.run(f"""cat > /tmp/lz.toml <<'CFG'
-[shadow]
-role = "backup"
-service = "{VIP}:{PORT}"
-peer = "{primary.addr}"
-dev = "lz0"
-heartbeat_ms = {hb}
-fence = ["true"]
-CFG
-setsid {LAZARUSD} --config /tmp/lz.toml </dev/null >/tmp/lzd.log 2>&1 &
-for i in $(seq 100); do grep -q 'failover driver watching' /tmp/lzd.log && exit 0; sleep 0.1; done; exit 1""")
+        backup.start_lazarusd(shadow_backup_toml(VIP, PORT, primary.addr, hb))
         get = b.host_popen(f"python3 {CLIENT} get {VIP} {PORT} 8000000 3 --rate 2000000", stdout=-1, text=True)
         chat = b.host_popen(f"python3 {CLIENT} chat {VIP} {PORT} 250 --interval 0.02", stdout=-1, text=True)
         time.sleep(2.0)

@@ -136,6 +136,48 @@ class Guest:
     def insmod(self, module="lazarus_core"):
         self.run(f"insmod {self.bench.modules}/{module}/{module}.ko")
 
+    def start_nginx(self, mb, port=80):
+        """Debian's nginx, unmodified, serving /tmp/www/blob (`mb` MiB) and its sha256
+        in /tmp/www/blob.sha. The bytes are generated from a fixed key and given a fixed
+        mtime, so every guest serves the same stream, headers included (ST-TCP needs the
+        two programs to produce the same bytes; Date can differ by a second but has a
+        fixed length)."""
+        self.run(f"""
+mkdir -p /tmp/www /tmp/ng
+head -c {mb << 20} /dev/zero | openssl enc -aes-128-ctr -K 000102030405060708090a0b0c0d0e0f -iv 0 -nosalt > /tmp/www/blob
+(cd /tmp/www && sha256sum blob > blob.sha)
+touch -d @1700000000 /tmp/www/blob /tmp/www/blob.sha
+cat > /tmp/ng/nginx.conf <<'CFG'
+worker_processes 1;
+error_log /tmp/ng/error.log;
+pid /tmp/ng/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  keepalive_requests 10000;
+  keepalive_timeout 300s;
+  server {{ listen {port}; root /tmp/www; }}
+}}
+CFG
+nginx -c /tmp/ng/nginx.conf -p /tmp/ng
+for i in $(seq 100); do ss -lnt | grep -q ':{port} ' && exit 0; sleep 0.1; done; cat /tmp/ng/error.log; exit 1""",
+                 timeout=300)
+
+    def start_lazarusd(self, config, ready="failover driver watching", load_core=True):
+        """Start lazarusd on this guest with the TOML text `config`, after checking it,
+        and wait until its log matches the grep pattern `ready`. lazarusd drives every
+        module, so lazarus_core is loaded first unless the caller has loaded it."""
+        if load_core:
+            self.insmod("lazarus_core")
+        lazarusd = os.path.join(ROOT, "target", "release", "lazarusd")
+        self.run(f"""cat > /tmp/lz.toml <<'CFG'
+{config}
+CFG
+{lazarusd} --config /tmp/lz.toml --check
+setsid {lazarusd} --config /tmp/lz.toml </dev/null >/tmp/lzd.log 2>&1 &
+for i in $(seq 100); do grep -q {shlex.quote(ready)} /tmp/lzd.log && exit 0; sleep 0.1; done
+cat /tmp/lzd.log; exit 1""")
+
 
 class Bench:
     """N guests on one segment. Use as a context manager."""
@@ -247,6 +289,21 @@ class Bench:
         trouble = [f"guest {g.index}: {l}" for g in self.guests for l in g.kernel_trouble()]
         if trouble:
             raise BenchError("kernel trouble in guests:\n" + "\n".join(trouble))
+
+
+def shadow_backup_toml(vip, port, peer, heartbeat_ms, key_file=None):
+    """lazarusd's configuration for an ST-TCP backup that takes over by itself when
+    its primary fails. Tests kill the primary's VM themselves, so the fence command
+    has nothing left to do (`true`); in a deployment it powers the primary off."""
+    key = f'\nkey_file = "{key_file}"' if key_file else ""
+    return f"""[shadow]
+role = "backup"
+service = "{vip}:{port}"
+peer = "{peer}"
+dev = "lz0"
+heartbeat_ms = {heartbeat_ms}
+auto_takeover = true
+fence = ["true"]{key}"""
 
 
 def sha256(data):

@@ -56,7 +56,7 @@ def main():
         open(a.ready, "w").close()
     # A connection the server resets is counted and dropped from later rounds; any
     # wrong byte or a silent hang (timeout) is a failure.
-    bad, slowest, echoed, reset, hung = 0, 0.0, 0, set(), {}
+    bad, slowest, echoed, reset, hung, took = 0, 0.0, 0, set(), {}, []
     for rnd in range(a.rounds):
         start = time.monotonic()
         for i, s in enumerate(socks):
@@ -84,13 +84,14 @@ def main():
             if got != want:
                 bad += 1
             echoed += len(got)
-        slowest = max(slowest, time.monotonic() - start)
+        took.append(round(time.monotonic() - start, 2))
+        slowest = max(slowest, took[-1])
         time.sleep(a.interval)
     for s in socks:
         s.close()
     print(json.dumps({"conns": a.conns, "rounds": a.rounds, "bad": bad, "reset": len(reset), "hung": list(hung.values()),
                       "echoed_bytes": echoed,
-                      "slowest_round_s": round(slowest, 3)}))
+                      "slowest_round_s": round(slowest, 3), "round_s": took}))
 
 
 if __name__ == "__main__":

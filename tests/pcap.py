@@ -66,3 +66,15 @@ def port_totals(path, addr, ports):
             out[sport]["packets_out"] += 1
             out[sport]["bytes_out"] += plen
     return out
+
+
+def udp_payloads(path, dport):
+    """Yield (src, dst, payload) for each UDP/IPv4 frame to `dport`."""
+    for f in frames(path):
+        if len(f) < 14 + 20 + 8 or f[12:14] != b"\x08\x00" or f[23] != 17:
+            continue
+        ihl = (f[14] & 0x0F) * 4
+        udp = f[14 + ihl:]
+        if len(udp) >= 8 and struct.unpack(">H", udp[2:4])[0] == dport:
+            length = struct.unpack(">H", udp[4:6])[0]
+            yield ip_str(f[26:30]), ip_str(f[30:34]), udp[8:length]

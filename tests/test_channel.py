@@ -10,7 +10,6 @@ import time
 from lzbench import Bench, HOST_ADDR, lzctl_path
 
 LZCTL = lzctl_path()
-LAZARUSD = LZCTL.replace("lzctl", "lazarusd")
 
 
 def probe(g, addr, *args):
@@ -52,19 +51,13 @@ def test_probe_netem_fence_and_daemon():
         assert rc == 0 and r["rtt_us"] < 150_000, (r, err)
 
         # lazarusd watches g1, then g1 is fenced.
-        g0.run(f"""cat > /tmp/lz.toml <<'CFG'
-[core]
+        g0.start_lazarusd(f"""[core]
 ports = "8080"
 
 [[peer]]
 name = "backup"
 addr = "{g1.addr}"
-probe_interval_ms = 100
-CFG
-{LAZARUSD} --config /tmp/lz.toml --check
-setsid {LAZARUSD} --config /tmp/lz.toml </dev/null >/tmp/lzd.log 2>&1 &
-for i in $(seq 100); do grep -q 'backup .* is reachable' /tmp/lzd.log && exit 0; sleep 0.1; done
-cat /tmp/lzd.log; exit 1""")
+probe_interval_ms = 100""", ready="backup .* is reachable", load_core=False)
         assert [s["port"] for s in json.loads(g0.out(f"{LZCTL} -j port show"))] == [8080]
         fenced_at = time.time()
         g1.fence()

@@ -10,17 +10,20 @@ with exactly the bytes it expected.
 A capture of every frame the backup puts on the segment proves that it stayed silent
 on the service address (no TCP, no ARP) until the takeover.
 """
+import hashlib
+import hmac
 import json
 import os
+import random
+import shlex
+import struct
+import subprocess
 import time
 
-import pytest
-
 import pcap
-from lzbench import Bench, lzctl_path
+from lzbench import Bench, lzctl_path, shadow_backup_toml
 
 LZCTL = lzctl_path()
-LAZARUSD = LZCTL.replace("lzctl", "lazarusd")
 TESTS = os.path.dirname(os.path.abspath(__file__))
 CLIENT = os.path.join(TESTS, "stclient.py")
 VIP = "10.77.0.100"
@@ -46,17 +49,32 @@ def wait_for(what, pred, timeout=10.0, step=0.05):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def setup_pair(b, primary_opts=""):
+def start_lzserver(g):
+    g.run(f"ulimit -n 8192; cd {TESTS} && setsid python3 lzserver.py {PORT} </dev/null >/tmp/lzserver.log 2>&1 &\n"
+          f"for i in $(seq 100); do ss -lnt | grep -q ':{PORT} ' && break; sleep 0.1; done; ss -lnt | grep -q ':{PORT} '")
+
+
+# The cluster key every pair is configured with: the peer link is authenticated in
+# every test, as in a deployment.
+KEY = "lazarus test cluster key 0001"
+KEY_FILE = "/tmp/lz.key"
+
+
+def write_key(g, key=KEY):
+    g.run(f"umask 077; printf %s '{key}' > {KEY_FILE}")
+
+
+def setup_pair(b, primary_opts="", port=PORT, start_server=start_lzserver):
     primary, backup = b.guests
     for g in (primary, backup):
         g.insmod("lazarus_shadow")
-        g.run(f"ulimit -n 8192; cd {TESTS} && setsid python3 lzserver.py {PORT} </dev/null >/tmp/lzserver.log 2>&1 &\n"
-              f"for i in $(seq 100); do ss -lnt | grep -q ':{PORT} ' && break; sleep 0.1; done; ss -lnt | grep -q ':{PORT} '")
+        start_server(g)
+        write_key(g)
     # The backup is configured before it gets the address, so it never answers for it.
-    backup.run(f"{LZCTL} shadow configure --role backup --service {VIP}:{PORT} --peer {primary.addr} "
-               f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS}")
-    primary.run(f"{LZCTL} shadow configure --role primary --service {VIP}:{PORT} --peer {backup.addr} "
-                f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS} {primary_opts}")
+    backup.run(f"{LZCTL} shadow configure --role backup --service {VIP}:{port} --peer {primary.addr} "
+               f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS} --key-file {KEY_FILE}")
+    primary.run(f"{LZCTL} shadow configure --role primary --service {VIP}:{port} --peer {backup.addr} "
+                f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS} --key-file {KEY_FILE} {primary_opts}")
     for g in (primary, backup):
         g.run(f"ip addr add {VIP}/32 dev lz0")
     for g in (primary, backup):
@@ -65,25 +83,8 @@ def setup_pair(b, primary_opts=""):
 
 
 def start_lazarusd(backup, primary):
-    """lazarusd on the backup, taking over by itself when the primary fails. The test
-    kills the primary's VM itself, so the fence command has nothing left to do
-    (`true`); in a deployment it powers the primary off. lazarusd drives both
-    modules, so lazarus_core is loaded too."""
-    backup.insmod("lazarus_core")
-    backup.run(f"""cat > /tmp/lz.toml <<'CFG'
-[shadow]
-role = "backup"
-service = "{VIP}:{PORT}"
-peer = "{primary.addr}"
-dev = "lz0"
-heartbeat_ms = {HEARTBEAT_MS}
-auto_takeover = true
-fence = ["true"]
-CFG
-{LAZARUSD} --config /tmp/lz.toml --check
-setsid {LAZARUSD} --config /tmp/lz.toml </dev/null >/tmp/lzd.log 2>&1 &
-for i in $(seq 100); do grep -q 'failover driver watching' /tmp/lzd.log && exit 0; sleep 0.1; done
-cat /tmp/lzd.log; exit 1""")
+    """lazarusd on the backup, taking over by itself when the primary fails."""
+    backup.start_lazarusd(shadow_backup_toml(VIP, PORT, primary.addr, HEARTBEAT_MS, key_file=KEY_FILE))
 
 
 def client(b, *args):
@@ -99,6 +100,19 @@ def result(p, timeout=120):
 def diagnose(g):
     """What a failed takeover test needs to be understood."""
     return g.out(f"{LZCTL} -j shadow status; {LZCTL} -j shadow conns; ss -tnoie; nstat -az | grep -v ' 0 '; dmesg | tail -20", timeout=30)
+
+
+def kill_seed():
+    """The seed of a test's random kill point: LZ_SEED replays a printed one."""
+    return int(os.environ.get("LZ_SEED") or random.randrange(1 << 30))
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_get(r, n):
@@ -162,7 +176,12 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
             ("put", client(b, "put", VIP, PORT, put_n, 22, "--rate", 1_500_000), put_n),
             ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
         ]
-        time.sleep(1.5)
+        # At a random point of the transfers (each lasts about 4 s); the seed is
+        # printed so that a failure can be replayed.
+        seed = kill_seed()
+        kill_at = random.Random(seed).uniform(0.3, 3.0)
+        print(f"seed {seed}: killing the primary {kill_at:.2f} s into the transfers")
+        time.sleep(kill_at)
         killed = time.monotonic()
         primary.fence()
         wait_for("lazarusd to take over", lambda: status(backup)["gate_open"], timeout=10)
@@ -184,6 +203,129 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
 
         # The survivor keeps serving new connections too.
         check_get(result(client(b, "get", VIP, PORT, 1_000_000, 31)), 1_000_000)
+
+
+NGINX_MB = 48
+
+
+def start_nginx(g):
+    g.start_nginx(NGINX_MB)
+
+
+def test_unmodified_nginx_download_and_keepalive_survive_the_primary():
+    """Debian's nginx on both nodes; curl on the host downloads a file at a paced rate
+    and, on a second connection, fetches a small object over keep-alive, while the
+    primary is killed at a random point."""
+    seed = kill_seed()
+    rng = random.Random(seed)
+    with Bench(2, name="lzng", hub=True) as b:
+        primary, backup = setup_pair(b, port=80, start_server=start_nginx)
+        want = primary.out("sha256sum /tmp/www/blob").split()[0]
+        assert backup.out("sha256sum /tmp/www/blob").split()[0] == want
+        backup.start_lazarusd(shadow_backup_toml(VIP, 80, primary.addr, HEARTBEAT_MS, key_file=KEY_FILE))
+        out = os.path.join(b.workdir, "blob")
+        rate = 4 << 20
+        dl = b.host_popen(f"curl -sS --limit-rate {rate} -o {out} -w '%{{http_code}} %{{size_download}}' "
+                          f"http://{VIP}/blob", stdout=-1, stderr=-1, text=True)
+        # A keep-alive session: one connection, many requests, before, across and
+        # after the failure.
+        ka = b.host_popen(f"for i in $(seq 60); do echo url = http://{VIP}/blob.sha; echo output = /dev/null; done "
+                          f"| curl -sS -K - -w '%{{http_code}} %{{num_connects}}\\n' --rate 10/s",
+                          stdout=-1, stderr=-1, text=True)
+        kill_at = rng.uniform(1.0, NGINX_MB * (1 << 20) / rate * 0.6)
+        print(f"seed {seed}: killing the primary {kill_at:.2f} s into the download")
+        time.sleep(kill_at)
+        primary.fence()
+        wait_for("lazarusd to take over", lambda: status(backup)["gate_open"], timeout=10)
+        o, e = dl.communicate(timeout=300)
+        assert dl.returncode == 0, (o, e, diagnose(backup))
+        code, size = o.split()
+        assert code == "200" and int(size) == NGINX_MB << 20, o
+        assert sha256_file(out) == want
+        o, e = ka.communicate(timeout=120)
+        assert ka.returncode == 0, (o, e)
+        replies = o.split("\n")[:-1]
+        assert len(replies) == 60 and all(r.startswith("200 ") for r in replies), o
+        # One connection carried them all: none was reopened after the failure.
+        assert sum(int(r.split()[1]) for r in replies) == 1, o
+        st = status(backup)
+        assert st["stats"]["prompts"] >= 1 and st["stats"]["conns_reset"] == 0, st
+
+
+def seal(key, sender_role, msg, seq):
+    """A datagram sealed as the module seals it (rust/proto/src/auth.rs), written
+    independently here: HMAC-SHA256 over "LZA1", the sender's role, the message and the
+    sequence number, truncated to 16 bytes."""
+    s = struct.pack(">Q", seq)
+    tag = hmac.new(key, b"LZA1" + bytes([sender_role]) + msg + s, hashlib.sha256).digest()[:16]
+    return msg + s + tag
+
+
+def test_peer_link_rejects_forged_replayed_truncated_and_stale_datagrams():
+    """Both nodes share a cluster key. Datagrams sent to the backup's heartbeat port
+    from the primary's own address (so that only the authentication can tell them
+    apart): a captured beat sent again, the same with one bit flipped, one cut short, a
+    beat sealed with the right key but stamped two minutes ahead, and one sealed for
+    the wrong role. Each is refused and counted by reason, and the backup keeps
+    seeing its primary alive. Then the primary gets another key: the backup refuses
+    everything it sends and declares it failed."""
+    with Bench(2, name="lzau", hub=True) as b:
+        cap = os.path.join(b.workdir, "beats.pcap")
+        dump = b.host_popen(f"exec tcpdump -i br0 -n -U -w {cap} udp port 7401", stdout=-1, stderr=-1, text=True)
+        primary, backup = setup_pair(b)
+        fp = {g.index: status(g)["key_fingerprint"] for g in (primary, backup)}
+        assert fp[0] == fp[1] != 0, fp
+        assert "authenticated, key fingerprint" in backup.out(f"{LZCTL} shadow status")
+        time.sleep(0.5)
+        dump.terminate()
+        dump.communicate(timeout=10)
+        beats = [p for src, dst, p in pcap.udp_payloads(cap, 7401)
+                 if src == primary.addr and dst == backup.addr and p[:4] == b"LZHB"]
+        assert beats, "no heartbeat from the primary was captured"
+        beat = beats[-1]
+        assert len(beat) == 24 + 24, f"a sealed beat is 24 bytes and a 24-byte trailer, got {len(beat)}"
+        flipped = bytearray(beat)
+        flipped[10] ^= 0x01
+        future = time.time_ns() + 120 * 10**9
+        sends = {
+            "replayed": beat,
+            "forged": bytes(flipped),
+            "truncated": beat[:20],
+            "stale": seal(KEY.encode(), 1, beat[:24], future),
+            "reflected": seal(KEY.encode(), 2, beat[:24], time.time_ns()),
+        }
+        before = status(backup)["stats"]
+        script = "import socket, sys\n" \
+                 "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n" \
+                 f"s.bind(('{primary.addr}', 0))\n" \
+                 "for h in sys.argv[1:]:\n" \
+                 f"    s.sendto(bytes.fromhex(h), ('{backup.addr}', 7401))\n"
+        primary.run(f"python3 -c {shlex.quote(script)} " + " ".join(d.hex() for d in sends.values()))
+        time.sleep(0.5)
+        after = status(backup)
+        d = {k: after["stats"][k] - before[k] for k in ("auth_replayed", "auth_forged", "auth_truncated", "auth_stale")}
+        print("refused by reason:", d)
+        # Reflected (sealed as if by a backup) and flipped are both wrong tags.
+        assert d == {"auth_replayed": 1, "auth_forged": 2, "auth_truncated": 1, "auth_stale": 1}, d
+        assert after["peer_state"] == "alive", after
+        assert after["stats"]["beats_received"] > before["beats_received"], "genuine beats still arrive"
+
+        # The primary with another key: nothing it sends is accepted any more.
+        primary.run(f"{LZCTL} shadow configure --role none")
+        write_key(primary, "a different cluster key, 32 bytes")
+        primary.run(f"{LZCTL} shadow configure --role primary --service {VIP}:{PORT} --peer {backup.addr} "
+                    f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS} --key-file {KEY_FILE}")
+        assert status(primary)["key_fingerprint"] not in (0, fp[1])
+        forged = status(backup)["stats"]["auth_forged"]
+        wait_for("the backup to declare the primary failed", lambda: status(backup)["peer_state"] == "failed", timeout=5)
+        assert status(backup)["stats"]["auth_forged"] > forged + 3
+        # A key of the wrong length is refused with a reason, and nothing changes.
+        primary.run("umask 077; printf short > /tmp/short.key")
+        rc, out, err = primary.run(f"{LZCTL} shadow configure --role none; {LZCTL} shadow configure --role primary "
+                                   f"--service {VIP}:{PORT} --peer {backup.addr} --dev lz0 --key-file /tmp/short.key",
+                                   check=False)
+        assert rc == 2 and "16 to 64 bytes, not 5" in err, (rc, out, err)
+        assert status(primary)["role"] == "none"
 
 
 def test_backup_death_leaves_the_primary_serving_and_reported():
@@ -262,15 +404,20 @@ def test_one_sided_fin_is_held_up_to_max_delay_fin():
         print("FIN after", agreed["eof_after_s"], "s when both close,", alone["eof_after_s"], "s when only the primary does")
 
 
-@pytest.mark.xfail(reason="open bug: after takeover one echo connection of a few hundred stops "
-                          "answering (the client's read times out); not understood yet", strict=False)
 def test_a_thousand_connections_through_one_takeover():
     with Bench(2, name="lzsm", hub=True) as b:
         primary, backup = setup_pair(b)
-        n, rounds = int(os.environ.get("LZ_MANY_CONNS", "1000")), 30
+        # Rounds of one echo per connection; the primary dies during the first ones.
+        # A read may wait 120 s before its connection counts as hung: the server runs
+        # a thread per connection on one emulated CPU, so a round of 1000 echoes
+        # takes tens of seconds.
+        n, rounds = int(os.environ.get("LZ_MANY_CONNS", "1000")), 6
         ready = os.path.join(b.workdir, "many-ready")
+        # Headers only, so that a connection that goes wrong can be followed afterwards.
+        cap = os.path.join(b.workdir, "many.pcap")
+        dump = b.host_popen(f"exec tcpdump -i br0 -n -U -s 96 -w {cap} tcp port {PORT}", stdout=-1, stderr=-1, text=True)
         many = b.host_popen(f"ulimit -n 8192; python3 {os.path.join(TESTS, 'manyclient.py')} {VIP} {PORT} {n} {rounds} "
-                            f"--interval 0.2 --ready {ready}", stdout=-1, stderr=-1, text=True)
+                            f"--interval 0.2 --timeout 120 --ready {ready}", stdout=-1, stderr=-1, text=True)
         wait_for("every connection to open", lambda: os.path.exists(ready) or many.poll() is not None, timeout=120)
         assert many.poll() is None, many.communicate()
         def mapped():
@@ -290,12 +437,22 @@ def test_a_thousand_connections_through_one_takeover():
         t = json.loads(backup.out(f"{LZCTL} -j shadow takeover"))
         print("takeover:", t)
         try:
-            r = result(many, timeout=300)
-        except AssertionError:
+            r = result(many, timeout=900)
+        except (AssertionError, subprocess.TimeoutExpired):
+            many.kill()
+            print("client:", many.communicate())
             print(diagnose(backup))
             raise
         st = status(backup)
         print("1000 connections:", r, "reset by the backup:", st["stats"]["conns_reset"])
+        dump.terminate()
+        dump.wait()
+        for h in r["hung"][:3]:
+            port = h["local_port"]
+            print("hung:", h)
+            print(backup.out(f"ss -tnoie dport = :{port}; {LZCTL} shadow conns | grep -E '^(CLIENT|[0-9.]+:{port} )' || true"))
+            print(b.host(f"tcpdump -r {cap} -n -tt port {port} 2>/dev/null | tail -40", check=False))
+        assert not r["hung"], r["hung"]
         # No wrong byte, no hang. A connection whose client bytes the old primary
         # acknowledged but the backup never received (its NIC dropped them in the last
         # moments) cannot continue: it must be reset, reported, and rare.

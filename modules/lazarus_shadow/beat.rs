@@ -16,7 +16,9 @@ use super::lzk::kthread::{self, ThreadBody};
 use super::lzk::net::Ipv4Addr;
 use super::lzk::proto::beat::{Beat, Detector, PeerState, Role, BEAT_LEN};
 use super::lzk::proto::flowtab::FlowKey;
-use super::lzk::proto::progress::{self, MAX_LEN};
+use super::link::{Link, Received, MAX_DATAGRAM};
+use super::lzk::proto::auth::Key;
+use super::lzk::proto::progress;
 use super::lzk::tcp::EstablishedSock;
 use super::sync::{Lag, Sync};
 use super::lzk::proto::genl_shadow::{self as spec, cmd, event, peer_state, role, shadow_attr as a};
@@ -37,6 +39,8 @@ pub(crate) struct Beater {
     pub(crate) port: u16,
     pub(crate) notifier: Notifier,
     pub(crate) sync: Sync,
+    /// The cluster key, if configured: every datagram is then sealed and checked.
+    pub(crate) key: Option<Key>,
 }
 
 impl Beater {
@@ -74,21 +78,30 @@ impl Beater {
         });
     }
 
-    /// Accept `buf` as a beat from the peer about our service.
-    fn valid(&self, buf: &[u8], from: Option<SockAddr>) -> Option<Beat> {
+    /// Accept `buf`, a datagram from the peer, as a beat about our service.
+    fn valid(&self, buf: &[u8]) -> Option<Beat> {
         let b = Beat::decode(buf).ok()?;
-        let from_peer = from.is_some_and(|f| f.addr.0 == self.peer.addr.0);
-        (from_peer && b.service == self.vip && b.service_port == self.port).then_some(b)
+        (b.service == self.vip && b.service_port == self.port).then_some(b)
+    }
+
+    /// The link to the peer, in the roles this service was configured with (they do
+    /// not change at takeover).
+    fn link(&self) -> Link<'_> {
+        let (own, peer) = match self.sync.role {
+            Role::Backup => (role::BACKUP, role::PRIMARY),
+            Role::Primary => (role::PRIMARY, role::BACKUP),
+        };
+        Link::new(&self.sock, self.peer, self.key, own, peer)
     }
 }
 
 impl Beater {
-    fn report(&self, now: u64, interval_ms: u64) {
+    fn report(&self, link: &mut Link<'_>, now: u64, interval_ms: u64) {
         if self.shared.peer_state.load(Ordering::Relaxed) == peer_state::FAILED {
             return;
         }
         let mut lags = KVec::new();
-        self.sync.report(&self.shared, &self.sock, self.peer, now, interval_ms, &mut lags);
+        self.sync.report(&self.shared, link, now, interval_ms, &mut lags);
         for l in lags.iter() {
             self.lagging(l);
         }
@@ -142,7 +155,9 @@ impl ThreadBody for Beater {
         let mut next_send = 0u64;
         let mut next_gc = now_ms() + GC_INTERVAL_MS;
         let mut timeout_ms = 0u32;
-        let mut buf = [0u8; MAX_LEN + 1];
+        let mut link = self.link();
+        // One byte more than the largest datagram, so that an oversized one shows.
+        let mut buf = [0u8; MAX_DATAGRAM + 1];
         let mut overflow_handled = false;
         while !kthread::should_stop() {
             let interval = s.heartbeat_ms.load(Ordering::Relaxed).max(1);
@@ -154,34 +169,32 @@ impl ThreadBody for Beater {
             let now = now_ms();
             if now >= next_send {
                 counter = counter.wrapping_add(1);
-                if self.sock.send(&self.beat(counter).encode(), Some(self.peer)).is_ok() {
+                if link.send(&self.beat(counter).encode()).is_ok() {
                     bump(&s.stats.beats_sent);
                 }
                 next_send = now + interval as u64;
                 s.urgent.store(false, Ordering::Relaxed);
-                self.report(now, interval as u64);
+                self.report(&mut link, now, interval as u64);
                 self.reset_lost(now);
             } else if s.urgent.swap(false, Ordering::Relaxed) {
-                self.report(now, interval as u64);
+                self.report(&mut link, now, interval as u64);
             }
-            match self.sock.recv(&mut buf) {
-                Ok((n, from)) if progress::is_progress(&buf[..n]) => {
-                    let from_peer = from.is_some_and(|f| f.addr.0 == self.peer.addr.0);
-                    if from_peer {
-                        let mut release = KVec::new();
-                        self.sync.receive(s, &buf[..n.min(MAX_LEN + 1)], now_ms(), interval as u64, &mut release);
-                        self.release_fins(&release);
-                    } else {
-                        bump(&s.stats.progress_rejected);
-                    }
+            match link.recv(&mut buf, &s.stats) {
+                Ok(Received::Peer(n)) if progress::is_progress(&buf[..n]) => {
+                    let mut release = KVec::new();
+                    self.sync.receive(s, &buf[..n.min(MAX_DATAGRAM + 1)], now_ms(), interval as u64, &mut release);
+                    self.release_fins(&release);
                 }
-                Ok((n, from)) => match self.valid(&buf[..n.min(BEAT_LEN + 1)], from) {
+                Ok(Received::Peer(n)) => match self.valid(&buf[..n.min(BEAT_LEN + 1)]) {
                     Some(b) if det.on_beat(b.counter, now_ms()) => {
                         bump(&s.stats.beats_received);
                         s.last_beat_ms.store(now_ms(), Ordering::Relaxed);
                     }
                     _ => bump(&s.stats.beats_rejected),
                 },
+                Ok(Received::Stranger) => bump(&s.stats.beats_rejected),
+                // Counted by the link, by reason.
+                Ok(Received::Refused) => {}
                 Err(e) if e == EAGAIN || e == EINTR => {}
                 // Shut down (unloading), or an error that would repeat: pace the loop.
                 Err(_) => kthread::sleep_ms(timeout_ms),

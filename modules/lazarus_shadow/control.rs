@@ -10,6 +10,7 @@ use super::lzk::genl::{self, Dump, FamilySpec, Message, Request};
 use super::lzk::kthread::Thread;
 use super::lzk::net::{Ipv4Addr, Net};
 use super::lzk::netfilter::{self, Hook};
+use super::lzk::proto::auth::Key;
 use super::lzk::proto::beat::{Role, DEFAULT_PORT};
 use super::lzk::proto::flowtab::{FlowKey, FlowTable, Slot};
 use super::lzk::proto::progress::Record;
@@ -55,7 +56,7 @@ fn be_u32(addr: [u8; 4]) -> u32 {
 }
 
 fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
-    let all: [(u16, &AtomicU64); 25] = [
+    let all: [(u16, &AtomicU64); 29] = [
         (st::CLIENT_SEGMENTS, &s.client_segments),
         (st::SWALLOWED, &s.swallowed),
         (st::TRANSLATED_IN, &s.translated_in),
@@ -81,6 +82,10 @@ fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
         (st::FINS_HELD, &s.fins_held),
         (st::APP_LAG_REPORTS, &s.app_lag_reports),
         (st::CONNS_RESET, &s.conns_reset),
+        (st::AUTH_TRUNCATED, &s.auth_truncated),
+        (st::AUTH_FORGED, &s.auth_forged),
+        (st::AUTH_REPLAYED, &s.auth_replayed),
+        (st::AUTH_STALE, &s.auth_stale),
     ];
     m.nest(a::STATS, |m| {
         for (id, c) in all {
@@ -154,6 +159,7 @@ impl Control {
                 m.put_u32(a::MAX_DELAY_FIN_MS, cfg.max_delay_fin_ms)?;
                 m.put_u32(a::APP_MAX_LAG_KB, cfg.app_max_lag_bytes / 1024)?;
                 m.put_u32(a::APP_MAX_LAG_MS, cfg.app_max_lag_ms)?;
+                m.put_u64(a::KEY_FINGERPRINT, cfg.key_fingerprint)?;
             }
             m.put_u8(a::FAULT_TOLERANT, s.fault_tolerant() as u8)?;
             m.put_u64(a::RETAINED_BYTES, s.retained_bytes.load(Ordering::Relaxed))?;
@@ -197,7 +203,8 @@ impl Control {
                 && same(a::MAX_DELAY_FIN_MS, req.u32(a::MAX_DELAY_FIN_MS).map(|v| (v == cfg.max_delay_fin_ms) as u32))
                 && same(a::APP_MAX_LAG_KB, req.u32(a::APP_MAX_LAG_KB).map(|v| (v.saturating_mul(1024) == cfg.app_max_lag_bytes) as u32))
                 && same(a::APP_MAX_LAG_MS, req.u32(a::APP_MAX_LAG_MS).map(|v| (v == cfg.app_max_lag_ms) as u32))
-                && same(a::IFNAME, req.attr(a::IFNAME).map(|v| (trim_nul(v) == cfg.ifname()) as u32));
+                && same(a::IFNAME, req.attr(a::IFNAME).map(|v| (trim_nul(v) == cfg.ifname()) as u32))
+                && same(a::KEY, req.attr(a::KEY).map(|v| (Key::new(v).map_or(0, |k| k.fingerprint()) == cfg.key_fingerprint) as u32));
             if !unchanged {
                 req.set_message(c"the service is live: only heartbeat-ms may change; configure role none first");
                 return Err(EBUSY);
@@ -242,6 +249,13 @@ impl Control {
             req.set_message(c"app-max-lag-ms is at most 60000");
             return Err(ERANGE);
         }
+        let key = match req.attr(a::KEY) {
+            None => None,
+            Some(k) => Some(Key::new(k).ok_or_else(|| {
+                req.set_message(c"key must be 16 to 64 bytes");
+                EINVAL
+            })?),
+        };
         if vip == 0 || peer == 0 || vip == peer {
             req.set_message(c"service-addr and peer-addr must be distinct unicast addresses");
             return Err(EINVAL);
@@ -258,9 +272,10 @@ impl Control {
             max_delay_fin_ms: req.u32(a::MAX_DELAY_FIN_MS).unwrap_or(DEFAULT_MAX_DELAY_FIN_MS),
             app_max_lag_bytes: app_max_lag_kb * 1024,
             app_max_lag_ms,
+            key_fingerprint: key.map_or(0, |k| k.fingerprint()),
         };
         s.heartbeat_ms.store(heartbeat.unwrap_or(DEFAULT_HEARTBEAT_MS), Ordering::Relaxed);
-        *live = Some(self.start(req, config)?);
+        *live = Some(self.start(req, config, key)?);
         drop(live);
         pr_info!(
             "service {}:{} configured as {}, peer {}\n",
@@ -269,13 +284,18 @@ impl Control {
             if r == role::BACKUP { "backup" } else { "primary" },
             Ipv4Addr(config.peer)
         );
+        if config.key_fingerprint == 0 {
+            pr_warn!("no cluster key: heartbeats and progress reports with the peer are not authenticated\n");
+        } else {
+            pr_info!("peer link authenticated, key fingerprint {:016x}\n", config.key_fingerprint);
+        }
         self.notify(req, event::CONFIGURED);
         Ok(())
     }
 
     /// Allocate the table, start the heartbeat thread and (on a backup) the hooks.
     /// On error everything started so far is undone by the drops.
-    fn start(&self, req: &Request<'_>, config: Config) -> Result<Live> {
+    fn start(&self, req: &Request<'_>, config: Config, key: Option<Key>) -> Result<Live> {
         let s = &self.shared;
         let net = Net::init();
         if !core::ptr::eq(req.net().as_ptr(), net.as_ptr()) {
@@ -329,6 +349,7 @@ impl Control {
                 app_max_lag_bytes: config.app_max_lag_bytes,
                 app_max_lag_ms: config.app_max_lag_ms as u64,
             },
+            key,
         };
         let beat = Thread::spawn(c"lz_shadow_hb", beater)?;
         let backup = config.role == role::BACKUP;

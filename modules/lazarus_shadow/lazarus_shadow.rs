@@ -38,6 +38,7 @@ mod lzk;
 mod beat;
 mod control;
 mod hooks;
+mod link;
 mod sync;
 mod takeover;
 
@@ -135,6 +136,10 @@ pub(crate) struct Stats {
     pub(crate) fins_held: AtomicU64,
     pub(crate) app_lag_reports: AtomicU64,
     pub(crate) conns_reset: AtomicU64,
+    pub(crate) auth_truncated: AtomicU64,
+    pub(crate) auth_forged: AtomicU64,
+    pub(crate) auth_replayed: AtomicU64,
+    pub(crate) auth_stale: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -156,6 +161,9 @@ pub(crate) struct Config {
     pub(crate) max_delay_fin_ms: u32,
     pub(crate) app_max_lag_bytes: u32,
     pub(crate) app_max_lag_ms: u32,
+    /// Fingerprint of the cluster key (0: none, the link is not authenticated). The
+    /// key itself lives only in the heartbeat thread.
+    pub(crate) key_fingerprint: u64,
 }
 
 impl Config {
@@ -288,6 +296,15 @@ impl Shared {
         self.retained_bytes.store(0, Ordering::Relaxed);
     }
 
+    /// Take `bytes` of freed kept segments off the total. Called under the table lock,
+    /// like every change of the total, so the subtraction cannot go below zero
+    /// between the load and the store; the clamp covers a total reset to zero by an
+    /// overflow while the segments were still queued.
+    pub(crate) fn unaccount_retained(&self, bytes: u64) {
+        let freed = bytes.min(self.retained_bytes.load(Ordering::Relaxed));
+        self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+
     /// Connections in the table.
     pub(crate) fn conns(&self) -> u32 {
         self.with_table(|t| t.len() as u32).unwrap_or(0)
@@ -304,7 +321,7 @@ impl Shared {
                 }
                 let keep = !(c.finished() && idle > FINISHED_LINGER_MS) && idle < IDLE_FORGET_MS;
                 if !keep {
-                    self.retained_bytes.fetch_sub(c.kept.bytes().min(self.retained_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+                    self.unaccount_retained(c.kept.bytes());
                 }
                 keep
             })

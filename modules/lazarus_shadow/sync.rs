@@ -19,7 +19,7 @@ use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::progress::{flag, Header, Record, Report, Writer, MAX_RECORDS};
 use super::lzk::proto::seq::Seq;
 use super::lzk::skbq::SkbQueue;
-use super::lzk::sock::{SockAddr, Socket};
+use super::link::Link;
 use super::lzk::tcp::EstablishedSock;
 use super::{bump, Conn, Shared};
 use core::sync::atomic::Ordering;
@@ -105,7 +105,7 @@ impl Sync {
     }
 
     /// Report changed progress to the peer. Returns the lags found.
-    pub(crate) fn report(&self, s: &Shared, sock: &Socket, peer: SockAddr, now: u64, interval_ms: u64, lags: &mut KVec<Lag>) {
+    pub(crate) fn report(&self, s: &Shared, link: &mut Link<'_>, now: u64, interval_ms: u64, lags: &mut KVec<Lag>) {
         let mut w = Writer::new(&self.header());
         let mut cursor = Some(0usize);
         while let Some(from) = cursor {
@@ -119,7 +119,7 @@ impl Sync {
             // A batch visits at most MAX_RECORDS connections, so the writer never
             // overflows within one; send what it holds before the next.
             if !w.is_empty() {
-                if sock.send(w.bytes(), Some(peer)).is_ok() {
+                if link.send(w.bytes()).is_ok() {
                     bump(&s.stats.progress_sent);
                 }
                 w.reset();
@@ -284,17 +284,11 @@ fn release_acked(s: &Shared, c: &mut Conn) {
         }
         drop(c.kept.pop_front());
     }
-    account_freed(s, before - c.kept.bytes());
+    s.unaccount_retained(before - c.kept.bytes());
 }
 
 /// Free all of `c`'s kept segments.
 fn release_all(s: &Shared, c: &mut Conn) {
-    account_freed(s, c.kept.bytes());
+    s.unaccount_retained(c.kept.bytes());
     c.kept.clear();
-}
-
-fn account_freed(s: &Shared, bytes: u64) {
-    // Under the table lock, like every change of the total.
-    let freed = bytes.min(s.retained_bytes.load(Ordering::Relaxed));
-    s.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
 }

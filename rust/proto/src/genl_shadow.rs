@@ -92,7 +92,11 @@ pub mod shadow_attr {
     pub const RETAINED_BYTES: u16 = 23;
     /// How far this node's program is behind its twin's (app-lag events).
     pub const LAG_BYTES: u16 = 24;
-    pub const MAX: u16 = 24;
+    /// Cluster key, 16 to 64 bytes, the same on both nodes: heartbeats and progress reports are sealed with HMAC-SHA256 under it, and datagrams that fail the check are refused and counted. Never reported back. Without a key the channel is not authenticated (status shows key-fingerprint 0).
+    pub const KEY: u16 = 25;
+    /// A non-secret identifier derived from the configured key (0 when none), so that operators can check both nodes have the same one.
+    pub const KEY_FINGERPRINT: u16 = 26;
+    pub const MAX: u16 = 26;
 }
 
 /// Attributes of the `stats` set.
@@ -146,7 +150,15 @@ pub mod stats_attr {
     pub const APP_LAG_REPORTS: u16 = 24;
     /// Connections reset at takeover because this node lacked client bytes the old primary had acknowledged (the client would never send them again).
     pub const CONNS_RESET: u16 = 25;
-    pub const MAX: u16 = 25;
+    /// Peer datagrams refused as too short to carry an authentication trailer.
+    pub const AUTH_TRUNCATED: u16 = 26;
+    /// Peer datagrams refused because their tag was wrong (forged, altered, cut short, another key, or reflected from this node's own role).
+    pub const AUTH_FORGED: u16 = 27;
+    /// Peer datagrams refused as not newer than one already accepted.
+    pub const AUTH_REPLAYED: u16 = 28;
+    /// Peer datagrams refused because their time was over 60 s from this node's clock.
+    pub const AUTH_STALE: u16 = 29;
+    pub const MAX: u16 = 29;
 }
 
 /// Attributes of the `conn` set.
@@ -198,6 +210,8 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: shadow_attr::FAULT_TOLERANT, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
     AttrPolicy { id: shadow_attr::RETAINED_BYTES, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::LAG_BYTES, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::KEY, kind: AttrKind::Binary, min: None, max: None, max_len: 64 },
+    AttrPolicy { id: shadow_attr::KEY_FINGERPRINT, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
 ];
 
 /// Command numbers.

@@ -13,6 +13,7 @@
 #![cfg_attr(not(any(test, MODULE)), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod beat;
 pub mod channel;
 pub mod csum;
@@ -24,4 +25,5 @@ pub mod packet;
 pub mod ports;
 pub mod progress;
 pub mod seq;
+pub mod sha256;
 pub mod shadow;

@@ -7,7 +7,9 @@
 //! client has acknowledged, what its program has read and written, and whether FIN or
 //! RST have been produced. The report travels on the heartbeat port in datagrams of
 //! at most [`MAX_RECORDS`] records, so a 1500-byte MTU carries one unfragmented and
-//! 10,000 connections fit in 167 datagrams.
+//! 10,000 connections fit in 170 datagrams. (With a cluster key each datagram also
+//! carries a 24-byte authentication trailer, [`super::auth`]; the record limit leaves
+//! room for it.)
 //!
 //! What the reports drive:
 //! - the primary keeps a copy of each client segment until the backup's report says
@@ -31,7 +33,7 @@
 //!  4  version (1)
 //!  5  sender's role: 1 primary, 2 backup
 //!  6  reserved (0)
-//!  7  record count (0..=60)
+//!  7  record count (0..=59)
 //!  8  service address
 //! 12  service port
 //! 14  sender's MAC on the client segment (where resent segments go)
@@ -59,8 +61,9 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 20;
 /// Record size.
 pub const RECORD_LEN: usize = 24;
-/// Records per datagram: 20 + 60 × 24 = 1460 bytes of UDP payload.
-pub const MAX_RECORDS: usize = 60;
+/// Records per datagram: 20 + 59 × 24 = 1436 bytes of UDP payload, 1460 with an
+/// authentication trailer: under the 1472 bytes a 1500-byte MTU carries unfragmented.
+pub const MAX_RECORDS: usize = 59;
 /// Largest datagram.
 pub const MAX_LEN: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN;
 

@@ -26,13 +26,17 @@
 //! auto_takeover = true       # backup: fence and take over when the primary fails
 //! fence = ["/usr/local/sbin/fence-primary", "10.77.0.11"]
 //! fence_timeout_ms = 5000
+//! key_file = "/etc/lazarus/cluster.key"  # 16-64 bytes, mode 0600, the same on both nodes:
+//!                            # heartbeats and progress reports are then authenticated
 //! ```
+//!
+//! A relative `key_file` is taken from the configuration file's directory.
 
 use lazarus_proto::ports::PortSet;
-use lznl::{ShadowConfig, ShadowRole};
+use lznl::{ClusterKey, ShadowConfig, ShadowRole};
 use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Deserialize, Default)]
@@ -63,6 +67,7 @@ struct RawShadow {
     auto_takeover: Option<bool>,
     fence: Option<Vec<String>>,
     fence_timeout_ms: Option<i64>,
+    key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +146,10 @@ pub struct Shadow {
     pub app_max_lag_ms: u32,
     /// Set on a backup with `auto_takeover`: how to fence the primary.
     pub failover: Option<Failover>,
+    /// Where the cluster key is, as written in the file.
+    pub key_file: Option<PathBuf>,
+    /// The cluster key, read by [`load`] (never by [`parse`]).
+    pub key: Option<ClusterKey>,
 }
 
 impl Shadow {
@@ -158,6 +167,7 @@ impl Shadow {
             max_delay_fin_ms: Some(self.max_delay_fin_ms),
             app_max_lag_kb: Some(self.app_max_lag_kb),
             app_max_lag_ms: Some(self.app_max_lag_ms),
+            key: self.key.clone(),
         }
     }
 }
@@ -196,11 +206,31 @@ pub struct Peer {
 /// Beyond [`parse`], this checks that the fence command can be run.
 pub fn load(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let cfg = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut cfg = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(f) = cfg.shadow.as_ref().and_then(|s| s.failover.as_ref()) {
         check_program(&f.fence[0]).map_err(|e| format!("{}: shadow.fence: {e}", path.display()))?;
     }
+    if let Some(s) = cfg.shadow.as_mut() {
+        if let Some(k) = &s.key_file {
+            let at = path.parent().unwrap_or(Path::new(".")).join(k);
+            s.key = Some(read_key(&at).map_err(|e| format!("{}: shadow.key_file: {e}", path.display()))?);
+        }
+    }
     Ok(cfg)
+}
+
+/// A cluster key file: only its owner may read it.
+pub fn read_key(path: &Path) -> Result<ClusterKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is open to group or others (mode {:04o}); the key must be secret: chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    ClusterKey::from_file(path)
 }
 
 /// A command that names an executable file, directly or through `PATH`: found out
@@ -306,6 +336,12 @@ fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
         app_max_lag_kb,
         app_max_lag_ms,
         failover,
+        key_file: match &r.key_file {
+            Some(k) if k.is_empty() => return Err("shadow.key_file: empty; give the path of the cluster key".into()),
+            Some(k) => Some(PathBuf::from(k)),
+            None => None,
+        },
+        key: None,
     })
 }
 
@@ -503,6 +539,38 @@ fence_timeout_ms = 3000
             let e = parse(&text).unwrap_err();
             assert!(e.starts_with(want), "{field} = {value}: {e}");
         }
+    }
+
+    #[test]
+    fn cluster_key_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lazarusd-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("lazarus.toml");
+        let key = dir.join("cluster.key");
+        // Relative to the configuration file; no fence command so that load() does
+        // not look for one.
+        let text = BACKUP.replace("auto_takeover = true", "auto_takeover = false") + "key_file = \"cluster.key\"\n";
+        std::fs::write(&cfg, &text).unwrap();
+        let e = load(&cfg).unwrap_err();
+        assert!(e.contains("shadow.key_file:") && e.contains("cluster.key"), "{e}");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&cfg).unwrap_err();
+        assert!(e.contains("open to group or others (mode 0644)") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = load(&cfg).unwrap();
+        let want = ClusterKey::new(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
+        let s = c.shadow.unwrap();
+        assert_eq!(s.key.as_ref(), Some(&want));
+        assert_eq!(s.request().key, Some(want));
+        std::fs::write(&key, "short").unwrap();
+        let e = load(&cfg).unwrap_err();
+        assert!(e.contains("16 to 64 bytes, not 5"), "{e}");
+        assert!(parse(&(BACKUP.to_string() + "key_file = \"\"\n")).unwrap_err().starts_with("shadow.key_file: empty"));
+        // Without a key file there is no key.
+        assert_eq!(parse(BACKUP).unwrap().shadow.unwrap().request().key, None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

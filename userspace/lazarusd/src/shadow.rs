@@ -462,6 +462,7 @@ mod tests {
             peer_silence_ms: Some(3),
             fault_tolerant: Some(true),
             retained_bytes: Some(0),
+            key_fingerprint: Some(0),
             conns: 2,
             stats: Default::default(),
         }

@@ -9,7 +9,7 @@
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lazarus_proto::ports::PortSet;
 use lznl::{
-    Client, Error, Monitor, PortStats, RawAttr, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStatus,
+    Client, ClusterKey, Error, Monitor, PortStats, RawAttr, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStatus,
 };
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -165,6 +165,10 @@ struct ConfigureArgs {
     /// ... for at least this long, 0-60000 [module default 2000].
     #[arg(long, value_name = "MS")]
     app_max_lag_ms: Option<u32>,
+    /// File holding the cluster key (16-64 bytes; a text file is trimmed), the same
+    /// on both nodes: heartbeats and progress reports are then authenticated.
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 /// A role as given on the command line.
@@ -244,7 +248,8 @@ fn shadow_config(args: ConfigureArgs, current_role: impl FnOnce() -> Result<Shad
         || args.retain_kb.is_some()
         || args.max_delay_fin_ms.is_some()
         || args.app_max_lag_kb.is_some()
-        || args.app_max_lag_ms.is_some();
+        || args.app_max_lag_ms.is_some()
+        || args.key_file.is_some();
     let role = match args.role {
         Some(RoleArg::None) if others => return Err(usage("--role none drops the service and takes no other options".into())),
         Some(r) => r.into(),
@@ -264,6 +269,10 @@ fn shadow_config(args: ConfigureArgs, current_role: impl FnOnce() -> Result<Shad
             return Err(usage(format!("--dev \"{d}\": not an interface name (1-15 bytes, no '/' or spaces)")));
         }
     }
+    let key = match &args.key_file {
+        Some(path) => Some(ClusterKey::from_file(path).map_err(|e| usage(format!("--key-file {e}")))?),
+        None => None,
+    };
     Ok(ShadowConfig {
         role,
         service: args.service,
@@ -276,6 +285,7 @@ fn shadow_config(args: ConfigureArgs, current_role: impl FnOnce() -> Result<Shad
         max_delay_fin_ms: args.max_delay_fin_ms,
         app_max_lag_kb: args.app_max_lag_kb,
         app_max_lag_ms: args.app_max_lag_ms,
+        key,
     })
 }
 
@@ -336,6 +346,11 @@ fn shadow_summary(s: &ShadowStatus) -> Vec<String> {
     if s.app_max_lag_kb.is_some() || s.app_max_lag_ms.is_some() {
         out.push(line("app lag limit", format!("{} KiB for {} ms", opt_num(s.app_max_lag_kb), opt_num(s.app_max_lag_ms))));
     }
+    match s.key_fingerprint {
+        Some(0) => out.push(line("peer link", "NOT authenticated (no cluster key)")),
+        Some(f) => out.push(line("peer link", format!("authenticated, key fingerprint {f:016x}"))),
+        None => {}
+    }
     out
 }
 
@@ -368,6 +383,10 @@ fn shadow_counters(s: &ShadowStatus) -> Vec<String> {
         ("fins-held", t.fins_held),
         ("app-lag-reports", t.app_lag_reports),
         ("conns-reset", t.conns_reset),
+        ("auth-truncated", t.auth_truncated),
+        ("auth-forged", t.auth_forged),
+        ("auth-replayed", t.auth_replayed),
+        ("auth-stale", t.auth_stale),
     ];
     let mut out = vec!["  counters:".to_string()];
     for pair in rows.chunks(2) {
@@ -698,6 +717,7 @@ mod tests {
             peer_silence_ms: Some(12),
             fault_tolerant: Some(true),
             retained_bytes: Some(0),
+            key_fingerprint: Some(0x00c0_ffee_0000_0001),
             conns: 3,
             stats: lznl::ShadowStats { parse_errors: 7, retention_overflows: 2, app_lag_reports: 5, ..Default::default() },
         }
@@ -715,10 +735,13 @@ mod tests {
         assert_eq!(l[7], "  retained:        0 bytes of 16384 KiB");
         assert_eq!(l[8], "  fin hold:        up to 500 ms");
         assert_eq!(l[9], "  app lag limit:   1024 KiB for 2000 ms");
-        assert_eq!(l.len(), 10);
+        assert_eq!(l[10], "  peer link:       authenticated, key fingerprint 00c0ffee00000001");
+        assert_eq!(l.len(), 11);
+        let open = ShadowStatus { key_fingerprint: Some(0), ..status("backup") };
+        assert_eq!(shadow_summary(&open)[10], "  peer link:       NOT authenticated (no cluster key)");
         assert_eq!(shadow_summary(&status("none")).len(), 2);
         let c = shadow_counters(&status("backup"));
-        assert_eq!(c.len(), 1 + 13);
+        assert_eq!(c.len(), 1 + 15);
         assert!(c[7].starts_with("    parse-errors") && c[7].contains(" 7    "), "{}", c[7]);
         assert!(c[11].starts_with("    retention-overflows") && c[11].contains(" 2    unprotected-conns"), "{}", c[11]);
         assert_eq!(c[12].split_whitespace().collect::<Vec<_>>(), ["fins-held", "0", "app-lag-reports", "5"]);
@@ -748,6 +771,7 @@ mod tests {
             app_max_lag_ms: None,
             fault_tolerant: None,
             retained_bytes: None,
+            key_fingerprint: None,
             ..status("backup")
         };
         assert_eq!(shadow_summary(&old).len(), 6);
@@ -780,10 +804,15 @@ mod tests {
             "fins_held",
             "app_lag_reports",
             "conns_reset",
+            "auth_truncated",
+            "auth_forged",
+            "auth_replayed",
+            "auth_stale",
         ] {
             assert!(stats.contains_key(k), "stats.{k}");
         }
-        assert_eq!(stats.len(), 25);
+        assert_eq!(stats.len(), 29);
+        assert_eq!(v["key_fingerprint"], 0x00c0_ffee_0000_0001u64);
         assert_eq!((&stats["retention_overflows"], &stats["app_lag_reports"]), (&json!(2), &json!(5)));
     }
 

@@ -126,6 +126,14 @@ pub struct ShadowStats {
     pub app_lag_reports: u64,
     /// Connections reset at takeover: this node lacked client bytes the old primary had.
     pub conns_reset: u64,
+    /// Peer datagrams refused: too short for an authentication trailer ...
+    pub auth_truncated: u64,
+    /// ... a wrong tag (forged, altered, another key, reflected) ...
+    pub auth_forged: u64,
+    /// ... not newer than one already accepted ...
+    pub auth_replayed: u64,
+    /// ... or stamped over 60 s away from this node's clock.
+    pub auth_stale: u64,
 }
 
 impl ShadowStats {
@@ -158,6 +166,10 @@ impl ShadowStats {
             fins_held: get(st::FINS_HELD, "stats.fins-held")?,
             app_lag_reports: get(st::APP_LAG_REPORTS, "stats.app-lag-reports")?,
             conns_reset: get(st::CONNS_RESET, "stats.conns-reset")?,
+            auth_truncated: get(st::AUTH_TRUNCATED, "stats.auth-truncated")?,
+            auth_forged: get(st::AUTH_FORGED, "stats.auth-forged")?,
+            auth_replayed: get(st::AUTH_REPLAYED, "stats.auth-replayed")?,
+            auth_stale: get(st::AUTH_STALE, "stats.auth-stale")?,
         })
     }
 }
@@ -197,6 +209,8 @@ pub struct ShadowStatus {
     pub fault_tolerant: Option<bool>,
     /// Client bytes currently kept for the backup (primary).
     pub retained_bytes: Option<u64>,
+    /// Fingerprint of the cluster key; 0 when the peer link is not authenticated.
+    pub key_fingerprint: Option<u64>,
     /// Connections in the table.
     pub conns: u32,
     pub stats: ShadowStats,
@@ -226,6 +240,7 @@ impl ShadowStatus {
             peer_silence_ms: r.u32(a::PEER_SILENCE_MS),
             fault_tolerant: r.u8(a::FAULT_TOLERANT).map(|v| v != 0),
             retained_bytes: r.u64(a::RETAINED_BYTES),
+            key_fingerprint: r.u64(a::KEY_FINGERPRINT),
             conns: r.u32(a::CONNS).ok_or(Error::Reply("conns"))?,
             stats: ShadowStats::from_nest(r.get(a::STATS).ok_or(Error::Reply("stats"))?)?,
         })
@@ -260,6 +275,50 @@ pub struct ShadowConfig {
     pub app_max_lag_kb: Option<u32>,
     /// ... for at least this long.
     pub app_max_lag_ms: Option<u32>,
+    /// The cluster key that authenticates the peer link.
+    pub key: Option<ClusterKey>,
+}
+
+/// A cluster key: 16 to 64 bytes, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey(Vec<u8>);
+
+impl ClusterKey {
+    /// Shortest and longest keys the module accepts.
+    pub const LEN: core::ops::RangeInclusive<usize> =
+        lazarus_proto::auth::MIN_KEY_LEN..=lazarus_proto::auth::MAX_KEY_LEN;
+
+    /// A key from its bytes; an error names the accepted lengths.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, String> {
+        if Self::LEN.contains(&bytes.len()) {
+            Ok(ClusterKey(bytes))
+        } else {
+            Err(format!("a cluster key is {} to {} bytes, not {}", Self::LEN.start(), Self::LEN.end(), bytes.len()))
+        }
+    }
+
+    /// A key from a file: its bytes, or, when the file is text, its content with
+    /// surrounding whitespace removed (so `head -c 32 /dev/urandom | base64 > key`
+    /// and a raw 32-byte file both work; a text key is used as its characters).
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = match std::str::from_utf8(&raw) {
+            Ok(text) => text.trim().as_bytes().to_vec(),
+            Err(_) => raw,
+        };
+        Self::new(bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The module's fingerprint of this key (what `status` reports).
+    pub fn fingerprint(&self) -> u64 {
+        lazarus_proto::auth::Key::new(&self.0).map_or(0, |k| k.fingerprint())
+    }
+}
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterKey(fingerprint {:016x})", self.fingerprint())
+    }
 }
 
 impl ShadowConfig {
@@ -277,6 +336,7 @@ impl ShadowConfig {
             max_delay_fin_ms: None,
             app_max_lag_kb: None,
             app_max_lag_ms: None,
+            key: None,
         }
     }
 
@@ -313,6 +373,9 @@ impl ShadowConfig {
             if let Some(x) = value {
                 v.push(RawAttr::u32(id, x));
             }
+        }
+        if let Some(k) = &self.key {
+            v.push(RawAttr { id: a::KEY, payload: k.0.clone() });
         }
         v
     }
@@ -605,6 +668,34 @@ mod tests {
         let mut c = ShadowConfig::new(ShadowRole::Primary);
         c.app_max_lag_ms = Some(1);
         assert_eq!(c.attrs().iter().map(|x| x.id).collect::<Vec<_>>(), [a::ROLE, a::APP_MAX_LAG_MS]);
+
+        let mut c = ShadowConfig::new(ShadowRole::Backup);
+        c.key = Some(ClusterKey::new(vec![9; 32]).unwrap());
+        let v = c.attrs();
+        assert_eq!(v.iter().find(|x| x.id == a::KEY).map(|x| x.payload.clone()), Some(vec![9; 32]));
+    }
+
+    #[test]
+    fn cluster_keys_are_checked_and_never_printed() {
+        assert!(ClusterKey::new(vec![1; 15]).unwrap_err().contains("16 to 64 bytes, not 15"));
+        assert!(ClusterKey::new(vec![1; 65]).is_err());
+        let k = ClusterKey::new(b"correct horse battery staple".to_vec()).unwrap();
+        let shown = format!("{k:?} {:?}", ShadowConfig { key: Some(k.clone()), ..ShadowConfig::new(ShadowRole::Primary) });
+        assert!(!shown.contains("horse") && !shown.contains("99, 111"), "{shown}");
+        assert!(shown.contains(&format!("{:016x}", k.fingerprint())));
+        let dir = std::env::temp_dir().join(format!("lznl-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A text file is trimmed; a binary one is used as it is.
+        std::fs::write(dir.join("text"), "  correct horse battery staple\n").unwrap();
+        assert_eq!(ClusterKey::from_file(&dir.join("text")).unwrap(), k);
+        let raw: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
+        std::fs::write(dir.join("raw"), &raw).unwrap();
+        assert_eq!(ClusterKey::from_file(&dir.join("raw")).unwrap(), ClusterKey::new(raw).unwrap());
+        std::fs::write(dir.join("short"), "too short").unwrap();
+        let e = ClusterKey::from_file(&dir.join("short")).unwrap_err();
+        assert!(e.contains("short") && e.contains("not 9"), "{e}");
+        assert!(ClusterKey::from_file(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -629,9 +720,11 @@ mod tests {
             (a::FAULT_TOLERANT, vec![1]),
             (a::RETAINED_BYTES, (5u64 << 32 | 7).to_ne_bytes().to_vec()),
             (a::CONNS, 3u32.to_ne_bytes().to_vec()),
+            (a::KEY_FINGERPRINT, 0x0123_4567_89ab_cdefu64.to_ne_bytes().to_vec()),
             (a::STATS | 0x8000, stats_nest()),
         ]);
         let s = ShadowStatus::from_attrs(&r).unwrap();
+        assert_eq!(s.key_fingerprint, Some(0x0123_4567_89ab_cdef));
         assert_eq!(s.role, "backup");
         assert_eq!(s.role(), Some(ShadowRole::Backup));
         assert_eq!(s.service(), Some("10.77.0.100:8080".parse().unwrap()));
@@ -682,8 +775,8 @@ mod tests {
     #[test]
     fn every_counter_is_decoded() {
         // A counter added to the spec must be added to ShadowStats (and to lzctl's table).
-        assert_eq!(st::MAX, st::CONNS_RESET, "the stats set has a counter ShadowStats does not decode");
-        assert_eq!(st::MAX, 25);
+        assert_eq!(st::MAX, st::AUTH_STALE, "the stats set has a counter ShadowStats does not decode");
+        assert_eq!(st::MAX, 29);
     }
 
     #[test]
