@@ -22,7 +22,6 @@ Exit status 0 only if the client got every byte right and no connection was rese
 """
 import argparse
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from lzbench import Bench, lzctl_path, shadow_backup_toml  # noqa: E402
+from lzbench import Bench, lzctl_path, sha256_file, shadow_backup_toml  # noqa: E402
 
 LZCTL = lzctl_path()
 VIP = "10.77.0.100"
@@ -49,14 +48,6 @@ MECHANISMS = {
 
 def say(msg):
     print(f"\n\033[1m==>\033[0m {msg}", flush=True)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Watch:

@@ -306,6 +306,15 @@ auto_takeover = true
 fence = ["true"]{key}"""
 
 
+def sha256_file(path):
+    """SHA-256 (hex) of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 

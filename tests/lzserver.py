@@ -13,13 +13,17 @@ One request line per connection picks the mode:
                         /tmp/lzserver-linger exists replies but keeps the connection
                         open until the client closes (a twin that deliberately
                         disagrees, for one-sided FIN tests)
+    ABORT\\n             reply "abort" and reset the connection (SO_LINGER 0); with
+                        /tmp/lzserver-linger, reply and keep it open as for BYE
 
     lzserver.py PORT
 """
 import hashlib
 import os
 import random
+import socket
 import socketserver
+import struct
 import sys
 
 
@@ -69,6 +73,20 @@ class Handler(socketserver.StreamRequestHandler):
             if os.path.exists("/tmp/lzserver-linger"):
                 while self.rfile.read1(65536):
                     pass
+        elif cmd == b"ABORT":
+            self.wfile.write(b"abort\n")
+            self.wfile.flush()
+            if os.path.exists("/tmp/lzserver-linger"):
+                while self.rfile.read1(65536):
+                    pass
+            else:
+                # Closing with a zero linger time resets the connection. Closed here,
+                # files first (they hold the descriptor open), so that socketserver's
+                # own shutdown afterwards cannot send a FIN before the reset.
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.rfile.close()
+                self.wfile.close()
+                self.request.close()
 
 
 class Server(socketserver.ThreadingTCPServer):

@@ -7,6 +7,7 @@ two pieces of progress (the stall a failover caused).
     stclient.py chat HOST PORT LINES [--interval S]
     stclient.py put HOST PORT NBYTES SEED [--rate BYTES_PER_S]
     stclient.py bye HOST PORT 0
+    stclient.py abort HOST PORT 0
 """
 import argparse
 import hashlib
@@ -103,9 +104,27 @@ def bye(a):
             "reply_after_s": round(replied - start, 3), "eof_after_s": round(time.monotonic() - start, 3)}
 
 
+def abort(a):
+    """How long after asking the server to reset the connection its reply and the
+    reset arrive."""
+    s = socket.create_connection((a.host, a.port), timeout=60)
+    start = time.monotonic()
+    s.sendall(b"ABORT\n")
+    f = s.makefile("rb")
+    reply = f.readline()
+    replied = time.monotonic()
+    try:
+        rest = f.read()
+        how = "eof"
+    except ConnectionResetError:
+        rest, how = b"", "reset"
+    return {"reply": reply.decode(errors="replace"), "rest": len(rest), "end": how,
+            "reply_after_s": round(replied - start, 3), "end_after_s": round(time.monotonic() - start, 3)}
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["get", "chat", "put", "bye"])
+    p.add_argument("mode", choices=["get", "chat", "put", "bye", "abort"])
     p.add_argument("host")
     p.add_argument("port", type=int)
     p.add_argument("n", type=int)
@@ -114,4 +133,4 @@ if __name__ == "__main__":
     p.add_argument("--interval", type=float, default=0.02)
     a = p.parse_args()
     a.nbytes = a.lines = a.n
-    print(json.dumps({"get": get, "chat": chat, "put": put, "bye": bye}[a.mode](a)))
+    print(json.dumps({"get": get, "chat": chat, "put": put, "bye": bye, "abort": abort}[a.mode](a)))

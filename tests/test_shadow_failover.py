@@ -21,7 +21,7 @@ import subprocess
 import time
 
 import pcap
-from lzbench import Bench, lzctl_path, shadow_backup_toml
+from lzbench import Bench, lzctl_path, sha256_file, shadow_backup_toml
 
 LZCTL = lzctl_path()
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -105,14 +105,6 @@ def diagnose(g):
 def kill_seed():
     """The seed of a test's random kill point: LZ_SEED replays a printed one."""
     return int(os.environ.get("LZ_SEED") or random.randrange(1 << 30))
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_get(r, n):
@@ -384,7 +376,7 @@ def test_missed_segments_are_resent_under_loss_on_the_backup_port():
         check_put(result(client(b, "put", VIP, PORT, 1_000_000, 53)), 1_000_000)
 
 
-def test_one_sided_fin_is_held_up_to_max_delay_fin():
+def test_one_sided_fin_and_rst_are_held_up_to_max_delay_fin():
     with Bench(2, name="lzsf", hub=True) as b:
         max_delay = 800
         primary, backup = setup_pair(b, f"--max-delay-fin-ms {max_delay}")
@@ -393,7 +385,12 @@ def test_one_sided_fin_is_held_up_to_max_delay_fin():
         agreed = result(client(b, "bye", VIP, PORT, 0))
         assert agreed["reply"] == "bye\n" and agreed["rest"] == 0, agreed
         assert agreed["eof_after_s"] < max_delay / 1000 * 0.9, agreed
+        # Both programs reset: the same for the RST.
+        agreed_rst = result(client(b, "abort", VIP, PORT, 0))
+        assert agreed_rst["reply"] == "abort\n" and agreed_rst["end"] == "reset", agreed_rst
+        assert agreed_rst["end_after_s"] < max_delay / 1000 * 0.9, agreed_rst
         held_before = status(primary)["stats"]["fins_held"]
+        rsts_before = status(primary)["stats"]["rsts_held"]
         # Only the primary's program closes: its FIN is held for MaxDelayFIN, then sent.
         backup.run("touch /tmp/lzserver-linger")
         alone = result(client(b, "bye", VIP, PORT, 0))
@@ -402,6 +399,14 @@ def test_one_sided_fin_is_held_up_to_max_delay_fin():
         assert alone["reply_after_s"] < max_delay / 1000 * 0.9, alone
         assert status(primary)["stats"]["fins_held"] > held_before
         print("FIN after", agreed["eof_after_s"], "s when both close,", alone["eof_after_s"], "s when only the primary does")
+        # Only the primary's program resets: TCP never sends an RST again, so the
+        # primary keeps the segment itself for MaxDelayFIN and then sends it.
+        alone_rst = result(client(b, "abort", VIP, PORT, 0))
+        assert alone_rst["reply"] == "abort\n" and alone_rst["end"] == "reset", alone_rst
+        assert max_delay / 1000 * 0.9 <= alone_rst["end_after_s"] < 5, alone_rst
+        assert status(primary)["stats"]["rsts_held"] > rsts_before
+        print("RST after", agreed_rst["end_after_s"], "s when both reset,", alone_rst["end_after_s"],
+              "s when only the primary does")
 
 
 def test_a_thousand_connections_through_one_takeover():

@@ -18,7 +18,7 @@ use super::lzk::proto::beat::{Beat, Detector, PeerState, Role, BEAT_LEN};
 use super::lzk::proto::flowtab::FlowKey;
 use super::link::{Link, Received, MAX_DATAGRAM};
 use super::lzk::proto::auth::Key;
-use super::lzk::proto::progress;
+use super::lzk::proto::progress::{self, flag};
 use super::lzk::tcp::EstablishedSock;
 use super::sync::{Lag, Sync};
 use super::lzk::proto::genl_shadow::{self as spec, cmd, event, peer_state, role, shadow_attr as a};
@@ -28,8 +28,15 @@ use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
+/// Connections visited per table lock hold when releasing held RSTs.
+const RST_WALK_BATCH: usize = 64;
 /// How often finished connections are swept from the table.
 const GC_INTERVAL_MS: u64 = 1000;
+/// How often a backup that took over looks for connections that lost client bytes
+/// for good. Each look reads every connection's socket; the reset itself waits 3 s,
+/// so a look a second is enough, and doing it every heartbeat cost a busy node a
+/// large share of its CPU with a thousand connections.
+const LOST_CHECK_INTERVAL_MS: u64 = 1000;
 
 pub(crate) struct Beater {
     pub(crate) sock: Socket,
@@ -134,6 +141,42 @@ impl Beater {
         self.notify_lag(event::APP_LAG, None, Some(l.bytes));
     }
 
+    /// Primary: send the held RSTs that are due: the backup's report shows its
+    /// connection reset or gone too, MaxDelayFIN is up, or the backup has failed. They
+    /// go straight to the device, to the client's link address (the TCP that made
+    /// them has forgotten the connection), under the table lock: sending from here
+    /// never re-enters this module's hooks.
+    fn release_rsts(&self, now: u64) {
+        let s = &*self.shared;
+        let max_delay = s.max_delay_fin_ms.load(Ordering::Relaxed) as u64;
+        let peer_gone = s.peer_state.load(Ordering::Relaxed) == peer_state::FAILED;
+        let mut holding = 0u32;
+        let mut cursor = Some(0usize);
+        while let Some(from) = cursor {
+            cursor = s
+                .with_table(|t| {
+                    t.walk_mut(from, RST_WALK_BATCH, |_, c| {
+                        if !c.rst.holding() {
+                            return;
+                        }
+                        let backup_rst = peer_gone || c.peer.is_some_and(|p| p.has(flag::RST) || p.has(flag::CLOSED));
+                        if !c.rst.due(now, backup_rst, max_delay) {
+                            holding += 1;
+                            return;
+                        }
+                        c.rst.release();
+                        if let (Some(skb), Some(mac)) = (c.held_rst.take(), c.client_mac) {
+                            if skb.send_copy(&self.sync.dev, mac).is_err() {
+                                pr_warn!("a held RST could not be sent\n");
+                            }
+                        }
+                    })
+                })
+                .flatten();
+        }
+        s.rsts_holding.store(holding, Ordering::Relaxed);
+    }
+
     /// The backup has produced the FINs the primary held: send them now rather than
     /// on the retransmission timer.
     fn release_fins(&self, keys: &[FlowKey]) {
@@ -154,6 +197,7 @@ impl ThreadBody for Beater {
         let mut counter: u32 = 0;
         let mut next_send = 0u64;
         let mut next_gc = now_ms() + GC_INTERVAL_MS;
+        let mut next_lost_check = 0u64;
         let mut timeout_ms = 0u32;
         let mut link = self.link();
         // One byte more than the largest datagram, so that an oversized one shows.
@@ -175,7 +219,10 @@ impl ThreadBody for Beater {
                 next_send = now + interval as u64;
                 s.urgent.store(false, Ordering::Relaxed);
                 self.report(&mut link, now, interval as u64);
-                self.reset_lost(now);
+                if now >= next_lost_check {
+                    self.reset_lost(now);
+                    next_lost_check = now + LOST_CHECK_INTERVAL_MS;
+                }
             } else if s.urgent.swap(false, Ordering::Relaxed) {
                 self.report(&mut link, now, interval as u64);
             }
@@ -233,6 +280,9 @@ impl ThreadBody for Beater {
                     s.retain_limit.load(Ordering::Relaxed) / 1024
                 );
                 self.notify(event::RETENTION_OVERFLOW, None);
+            }
+            if s.rsts_holding.load(Ordering::Relaxed) > 0 {
+                self.release_rsts(now);
             }
             if now >= next_gc {
                 s.collect_garbage(now);

@@ -56,7 +56,7 @@ fn be_u32(addr: [u8; 4]) -> u32 {
 }
 
 fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
-    let all: [(u16, &AtomicU64); 29] = [
+    let all: [(u16, &AtomicU64); 30] = [
         (st::CLIENT_SEGMENTS, &s.client_segments),
         (st::SWALLOWED, &s.swallowed),
         (st::TRANSLATED_IN, &s.translated_in),
@@ -86,6 +86,7 @@ fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
         (st::AUTH_FORGED, &s.auth_forged),
         (st::AUTH_REPLAYED, &s.auth_replayed),
         (st::AUTH_STALE, &s.auth_stale),
+        (st::RSTS_HELD, &s.rsts_held),
     ];
     m.nest(a::STATS, |m| {
         for (id, c) in all {

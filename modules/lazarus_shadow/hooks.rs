@@ -27,7 +27,7 @@
 use super::lzk::netfilter::{Hook, HookHandler, Verdict};
 use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::packet::{Ipv4Header, Ipv4Tcp, TcpFlags, TcpOptions};
-use super::lzk::proto::progress::flag;
+use super::lzk::proto::progress::{flag, RstVerdict};
 use super::lzk::proto::seq::Seq;
 use super::lzk::proto::shadow::{ClientSegment, Mapping, Shadow, SynAck};
 use super::lzk::skb::SkBuff;
@@ -131,6 +131,7 @@ impl Handler {
         let (syn, ack, _, rst) = flags(&p);
         let key = FlowKey { client: p.ip.src, client_port: p.tcp.src_port, service: vip, service_port: port };
         let now = now_ms();
+        let mac = skb.link_source();
         if syn && !ack {
             // A new connection (or a SYN again on the tuple of an old one).
             let fresh = s.retaining();
@@ -142,6 +143,7 @@ impl Handler {
                 }
                 t.get_or_insert_with(key, Conn::default).map(|c| {
                     c.last_ms = now;
+                    c.client_mac = mac;
                     // A connection that begins while the backup is away stays
                     // unprotected: the backup never sees its beginning.
                     c.retention.unprotected = !fresh;
@@ -161,6 +163,9 @@ impl Handler {
         let kept = s.with_table(|t| {
             let c = t.get_mut(&key)?;
             c.last_ms = now;
+            if mac.is_some() {
+                c.client_mac = mac;
+            }
             if !c.retention.keep(seq, end) {
                 return None;
             }
@@ -188,7 +193,7 @@ impl Handler {
         Verdict::Accept
     }
 
-    /// Primary: hold a FIN its backup's program has not produced (MaxDelayFIN).
+    /// Primary: hold a FIN or RST its backup's program has not produced (MaxDelayFIN).
     fn hold_fin(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
         let s = &*self.shared;
         let max_delay = s.max_delay_fin_ms.load(Ordering::Relaxed) as u64;
@@ -198,11 +203,17 @@ impl Handler {
         let Ok(p) = skb.ipv4_tcp() else {
             return Verdict::Accept;
         };
-        if p.ip.src != vip || p.tcp.src_port != port || !p.tcp.flags.has(TcpFlags::FIN) {
+        if p.ip.src != vip || p.tcp.src_port != port {
             return Verdict::Accept;
         }
         let key = FlowKey { client: p.ip.dst, client_port: p.tcp.dst_port, service: vip, service_port: port };
         let now = now_ms();
+        if p.tcp.flags.has(TcpFlags::RST) {
+            return self.hold_rst(skb, &key, now, max_delay);
+        }
+        if !p.tcp.flags.has(TcpFlags::FIN) {
+            return Verdict::Accept;
+        }
         let hold = s.with_table(|t| {
             let c = t.get_mut(&key)?;
             // A connection the backup follows (it began while the backup was alive):
@@ -216,6 +227,41 @@ impl Handler {
             return Verdict::Consume;
         }
         Verdict::Accept
+    }
+
+    /// Primary: an RST its backup has not produced is kept (TCP never sends an RST
+    /// again) and sent by the heartbeat thread when the backup agrees or MaxDelayFIN
+    /// is up; see `Beater::release_rsts`.
+    fn hold_rst(&self, skb: &mut SkBuff<'_>, key: &FlowKey, now: u64, max_delay: u64) -> Verdict {
+        let s = &*self.shared;
+        let verdict = s.with_table(|t| {
+            let c = t.get_mut(key)?;
+            // Without the client's link address the RST could not be sent later.
+            if c.retention.unprotected || c.client_mac.is_none() {
+                return None;
+            }
+            let backup_rst = c.peer.is_some_and(|p| p.has(flag::RST) || p.has(flag::CLOSED));
+            match c.rst.on_rst(now, backup_rst, max_delay) {
+                RstVerdict::Pass => None,
+                RstVerdict::Duplicate => Some(()),
+                RstVerdict::Hold => {
+                    let Some(mut clone) = skb.clone_owned() else {
+                        // Out of memory: it goes now rather than never.
+                        c.rst = Default::default();
+                        return None;
+                    };
+                    clone.drop_route();
+                    c.held_rst = Some(clone);
+                    s.rsts_holding.fetch_add(1, Ordering::Relaxed);
+                    bump(&s.stats.rsts_held);
+                    Some(())
+                }
+            }
+        });
+        match verdict {
+            Some(Some(())) => Verdict::Consume,
+            _ => Verdict::Accept,
+        }
     }
 
     /// A segment from the primary to a client, seen on the wire.
@@ -368,6 +414,7 @@ impl Handler {
         let mut pending = SkbQueue::default();
         let out = self.shared.with_table(|t| {
             let c = t.get_mut(&key)?;
+            c.own_rst |= rst;
             if syn && ack {
                 c.shadow.on_backup_synack(SynAck::new(p.tcp.seq, &opts));
                 pending = core::mem::take(&mut c.pending);
@@ -384,8 +431,8 @@ impl Handler {
         });
         reinject(pending);
         if !gate_open {
-            if fin {
-                // The primary may be holding its FIN for ours: report it soon.
+            if fin || rst {
+                // The primary may be holding its FIN or RST for ours: report it soon.
                 self.shared.urgent.store(true, Ordering::Relaxed);
             }
             return self.swallow();

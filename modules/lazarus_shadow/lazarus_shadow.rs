@@ -45,9 +45,9 @@ mod takeover;
 use lzk::bh::BhGuard;
 use lzk::proto::flowtab::{FlowTable, Slot};
 use lzk::proto::genl_shadow::{peer_state, role};
-use lzk::proto::progress::{FinHold, Follower, LagWatch, Record, Retention};
+use lzk::proto::progress::{FinHold, Follower, LagWatch, Record, Retention, RstHold};
 use lzk::proto::shadow::Shadow;
-use lzk::skbq::SkbQueue;
+use lzk::skbq::{OwnedSkb, SkbQueue};
 
 module! {
     type: LazarusShadow,
@@ -82,6 +82,12 @@ pub(crate) struct Conn {
     pub(crate) retention: Retention,
     /// Primary: a FIN held for the backup (MaxDelayFIN).
     pub(crate) fin: FinHold,
+    /// Primary: an RST held for the backup (MaxDelayFIN), and the segment itself.
+    pub(crate) rst: RstHold,
+    pub(crate) held_rst: Option<OwnedSkb>,
+    /// Primary: the Ethernet source of the client's latest segment (the client or
+    /// its router), where a held RST is sent.
+    pub(crate) client_mac: Option<[u8; 6]>,
     /// Backup: client segments that arrived before the offsets were known (in a
     /// receive batch with the SYN, before this node's TCP answered it); they go
     /// through the stack again once a SYN-ACK is seen.
@@ -97,6 +103,9 @@ pub(crate) struct Conn {
     pub(crate) sent: Option<(Record, u64)>,
     /// Whether this node's program lags its twin's.
     pub(crate) lag: LagWatch,
+    /// This node's TCP sent an RST on the connection (seen at LOCAL_OUT, whether or
+    /// not it reached the client).
+    pub(crate) own_rst: bool,
 }
 
 impl Conn {
@@ -140,6 +149,7 @@ pub(crate) struct Stats {
     pub(crate) auth_forged: AtomicU64,
     pub(crate) auth_replayed: AtomicU64,
     pub(crate) auth_stale: AtomicU64,
+    pub(crate) rsts_held: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -220,6 +230,9 @@ pub(crate) struct Shared {
     pub(crate) last_beat_ms: AtomicU64,
     /// Primary: client bytes kept over all connections, and the budget.
     pub(crate) retained_bytes: AtomicU64,
+    /// Primary: RSTs held now (a hint for the heartbeat thread, recounted on each
+    /// release walk).
+    pub(crate) rsts_holding: AtomicU32,
     pub(crate) retain_limit: AtomicU64,
     /// Primary: the budget overflowed; nothing is kept until reconfigured.
     pub(crate) overflowed: AtomicBool,
@@ -252,6 +265,7 @@ impl Shared {
             peer_state: AtomicU8::new(peer_state::UNKNOWN),
             last_beat_ms: AtomicU64::new(0),
             retained_bytes: AtomicU64::new(0),
+            rsts_holding: AtomicU32::new(0),
             retain_limit: AtomicU64::new(0),
             overflowed: AtomicBool::new(false),
             max_delay_fin_ms: AtomicU32::new(0),

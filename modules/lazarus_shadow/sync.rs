@@ -73,9 +73,15 @@ impl Sync {
         let base = Record { client: k.client, client_port: k.client_port, ..Record::default() };
         let Some(p) = self.lookup(k).and_then(|s| s.progress()) else {
             // No full socket (closed, TIME_WAIT, or not accepted yet): say so once
-            // it had one; the numbers stay those of the last report.
-            let (last, _) = c.sent?;
-            return Some(Record { flags: (last.flags | flag::CLOSED) & !flag::RESEND, ..last });
+            // it had one; the numbers stay those of the last report. A connection
+            // this node's TCP reset before its first report is said to be closed too
+            // (the numbers are then meaningless, and a CLOSED record is read for its
+            // flags only): the primary may be holding its own RST for it.
+            let own_rst = if c.own_rst { flag::RST } else { 0 };
+            let Some((last, _)) = c.sent else {
+                return c.own_rst.then_some(Record { flags: flag::RST | flag::CLOSED, ..base });
+            };
+            return Some(Record { flags: (last.flags | flag::CLOSED | own_rst) & !flag::RESEND, ..last });
         };
         let out = |v: u32| -> Option<u32> {
             if self.role == Role::Backup {
@@ -163,7 +169,7 @@ impl Sync {
         let Some(mut r) = self.record(k, c) else {
             return;
         };
-        if let Some(peer) = c.peer {
+        if let Some(peer) = c.peer.filter(|p| !p.has(flag::CLOSED)) {
             if let Some(bytes) =
                 c.lag.observe(Seq(r.app_written), Seq(peer.app_written), now, self.app_max_lag_bytes, self.app_max_lag_ms)
             {

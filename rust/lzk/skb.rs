@@ -46,6 +46,30 @@ impl<'a> SkBuff<'a> {
         u16::from_be(unsafe { (*self.raw()).__bindgen_anon_4.__bindgen_anon_1.as_ref().protocol })
     }
 
+    /// The Ethernet source address of a received frame, while its link header is
+    /// still in front of `data` (the receive path up to IP, e.g. PRE_ROUTING). `None`
+    /// when the skb has no Ethernet header there.
+    pub fn link_source(&self) -> Option<[u8; 6]> {
+        let skb = self.raw();
+        // SAFETY: The skb is valid (type invariant). `mac_header` is an offset from
+        // `head`, `~0` when unset; the 14 bytes read lie between `head + mac_header`
+        // and `data`, inside the buffer, as checked first.
+        unsafe {
+            let mac = (*skb).__bindgen_anon_4.__bindgen_anon_1.as_ref().mac_header;
+            if mac == u16::MAX {
+                return None;
+            }
+            let start = (*skb).head.add(mac as usize);
+            let data = (*skb).data;
+            if (data as usize).checked_sub(start as usize)? < 14 {
+                return None;
+            }
+            let mut src = [0u8; 6];
+            core::ptr::copy_nonoverlapping(start.add(6), src.as_mut_ptr(), 6);
+            Some(src)
+        }
+    }
+
     /// The link layer's classification of the frame (`PACKET_HOST`, `PACKET_OTHERHOST`, ...).
     pub fn pkt_type(&self) -> u8 {
         // SAFETY: The skb is valid (type invariant); the helper reads a bitfield.

@@ -85,6 +85,25 @@ impl OwnedSkb {
         NonNull::new(c).map(|ptr| OwnedSkb { ptr })
     }
 
+    /// Forget the packet's route. A clone taken on the output path may carry a route
+    /// borrowed for the duration of that path only (a "noref" dst, valid under RCU);
+    /// a packet kept beyond it must not hold that pointer. A counted route is
+    /// released. The packet can then only leave through [`OwnedSkb::send_copy`].
+    pub fn drop_route(&mut self) {
+        let skb = self.raw();
+        // SAFETY: The skb is ours (type invariant). `_skb_refdst` holds the route
+        // pointer with the NOREF flag in bit 0; a counted route (flag clear, non-null)
+        // is released once, and the field is cleared so that nothing releases it again.
+        unsafe {
+            let slot = &mut (*skb).__bindgen_anon_3.__bindgen_anon_1._skb_refdst;
+            let refdst = *slot;
+            *slot = 0;
+            if refdst != 0 && refdst & bindings::SKB_DST_NOREF as usize == 0 {
+                bindings::dst_release((refdst & bindings::SKB_DST_PTRMASK as usize) as *mut bindings::dst_entry);
+            }
+        }
+    }
+
     /// Hand the packet back to the receive path of its device, as if it had just
     /// arrived (it goes through the device's ingress and IP again). Any context.
     pub fn reinject(self) -> Result {

@@ -158,7 +158,9 @@ pub mod stats_attr {
     pub const AUTH_REPLAYED: u16 = 28;
     /// Peer datagrams refused because their time was over 60 s from this node's clock.
     pub const AUTH_STALE: u16 = 29;
-    pub const MAX: u16 = 29;
+    /// RST segments the primary held because its backup had not reset the connection (MaxDelayFIN).
+    pub const RSTS_HELD: u16 = 30;
+    pub const MAX: u16 = 30;
 }
 
 /// Attributes of the `conn` set.

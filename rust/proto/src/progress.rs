@@ -416,6 +416,60 @@ impl FinHold {
     }
 }
 
+/// What to do with an RST the primary's program produced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RstVerdict {
+    /// Let it go now.
+    Pass,
+    /// Keep it; send it when [`RstHold::due`] says so.
+    Hold,
+    /// One is held already: this later copy goes nowhere.
+    Duplicate,
+}
+
+/// The primary's hold on an RST its backup has not produced (`MaxDelayFIN` covers
+/// RST as well as FIN). Unlike a FIN, TCP does not send an RST again, so the held
+/// segment itself is kept and sent later.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RstHold {
+    since: Option<u64>,
+    released: bool,
+}
+
+impl RstHold {
+    /// An RST at `now_ms`; `backup_rst` tells whether the backup's latest report shows
+    /// its connection reset or gone too.
+    pub fn on_rst(&mut self, now_ms: u64, backup_rst: bool, max_delay_ms: u64) -> RstVerdict {
+        if self.since.is_some() {
+            return RstVerdict::Duplicate;
+        }
+        // After the held one went out, later RSTs (TCP's answers to segments for the
+        // closed connection) pass at once.
+        if backup_rst || max_delay_ms == 0 || self.released {
+            return RstVerdict::Pass;
+        }
+        self.since = Some(now_ms);
+        RstVerdict::Hold
+    }
+
+    /// Whether the held RST must go now: the backup agrees, or it has waited
+    /// `max_delay_ms`.
+    pub fn due(&self, now_ms: u64, backup_rst: bool, max_delay_ms: u64) -> bool {
+        self.since.is_some_and(|s| backup_rst || now_ms.saturating_sub(s) >= max_delay_ms)
+    }
+
+    /// An RST is held.
+    pub fn holding(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// The held RST was sent.
+    pub fn release(&mut self) {
+        self.since = None;
+        self.released = true;
+    }
+}
+
 /// Application-lag detection (`AppMaxLagBytes`, `AppMaxLagTime`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct LagWatch {
@@ -564,6 +618,24 @@ mod tests {
         assert!(!h.hold(20, true, 500));
         assert!(!h.holding(), "released once the backup agrees");
         assert!(!h.hold(0, false, 0), "holding disabled");
+    }
+
+    #[test]
+    fn rst_hold_keeps_one_until_the_backup_agrees_or_time_is_up() {
+        let mut h = RstHold::default();
+        assert_eq!(h.on_rst(1000, false, 500), RstVerdict::Hold);
+        assert!(h.holding());
+        assert_eq!(h.on_rst(1100, false, 500), RstVerdict::Duplicate, "one held copy is enough");
+        assert!(!h.due(1400, false, 500));
+        assert!(h.due(1400, true, 500), "the backup reset too");
+        assert!(h.due(1500, false, 500), "MaxDelayFIN elapsed");
+        h.release();
+        assert!(!h.holding());
+        assert_eq!(h.on_rst(1600, false, 500), RstVerdict::Pass, "later RSTs are not held");
+        let mut h = RstHold::default();
+        assert_eq!(h.on_rst(0, true, 500), RstVerdict::Pass);
+        assert_eq!(h.on_rst(0, false, 0), RstVerdict::Pass, "holding disabled");
+        assert!(!h.holding() && !h.due(10_000, true, 500));
     }
 
     #[test]

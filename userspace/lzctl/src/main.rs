@@ -387,6 +387,7 @@ fn shadow_counters(s: &ShadowStatus) -> Vec<String> {
         ("auth-forged", t.auth_forged),
         ("auth-replayed", t.auth_replayed),
         ("auth-stale", t.auth_stale),
+        ("rsts-held", t.rsts_held),
     ];
     let mut out = vec!["  counters:".to_string()];
     for pair in rows.chunks(2) {
@@ -808,10 +809,11 @@ mod tests {
             "auth_forged",
             "auth_replayed",
             "auth_stale",
+            "rsts_held",
         ] {
             assert!(stats.contains_key(k), "stats.{k}");
         }
-        assert_eq!(stats.len(), 29);
+        assert_eq!(stats.len(), 30);
         assert_eq!(v["key_fingerprint"], 0x00c0_ffee_0000_0001u64);
         assert_eq!((&stats["retention_overflows"], &stats["app_lag_reports"]), (&json!(2), &json!(5)));
     }

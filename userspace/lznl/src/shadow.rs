@@ -134,6 +134,8 @@ pub struct ShadowStats {
     pub auth_replayed: u64,
     /// ... or stamped over 60 s away from this node's clock.
     pub auth_stale: u64,
+    /// RST segments the primary held because its backup had not reset the connection.
+    pub rsts_held: u64,
 }
 
 impl ShadowStats {
@@ -170,6 +172,7 @@ impl ShadowStats {
             auth_forged: get(st::AUTH_FORGED, "stats.auth-forged")?,
             auth_replayed: get(st::AUTH_REPLAYED, "stats.auth-replayed")?,
             auth_stale: get(st::AUTH_STALE, "stats.auth-stale")?,
+            rsts_held: get(st::RSTS_HELD, "stats.rsts-held")?,
         })
     }
 }
@@ -775,8 +778,8 @@ mod tests {
     #[test]
     fn every_counter_is_decoded() {
         // A counter added to the spec must be added to ShadowStats (and to lzctl's table).
-        assert_eq!(st::MAX, st::AUTH_STALE, "the stats set has a counter ShadowStats does not decode");
-        assert_eq!(st::MAX, 29);
+        assert_eq!(st::MAX, st::RSTS_HELD, "the stats set has a counter ShadowStats does not decode");
+        assert_eq!(st::MAX, 30);
     }
 
     #[test]
