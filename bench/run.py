@@ -20,6 +20,7 @@ shadow (ST-TCP): two guests on a hub, both running the deterministic test server
     fences (nothing to do: the VM is gone) and takes over. The stall is the longest
     gap either client saw.
 """
+import base64
 import datetime
 import time
 import json
@@ -114,10 +115,19 @@ def start_servers(b):
 LZCTL = os.path.join(ROOT, "target", "release", "lzctl")
 
 
+KEY_FILE = "/tmp/lz.key"
+
+
 def shadow_on(b, hb):
+    """The pair as deployed: with a cluster key, so the cost of authenticating the
+    peer link is in every figure."""
     primary, backup = b.guests
-    backup.run(f"{LZCTL} shadow configure --role backup --service {VIP}:{PORT} --peer {primary.addr} --dev lz0 --heartbeat-ms {hb}")
-    primary.run(f"{LZCTL} shadow configure --role primary --service {VIP}:{PORT} --peer {backup.addr} --dev lz0 --heartbeat-ms {hb}")
+    key = base64.b64encode(os.urandom(32)).decode()
+    for g in b.guests:
+        g.run(f"umask 077; echo {key} > {KEY_FILE}")
+    opts = f"--dev lz0 --heartbeat-ms {hb} --key-file {KEY_FILE}"
+    backup.run(f"{LZCTL} shadow configure --role backup --service {VIP}:{PORT} --peer {primary.addr} {opts}")
+    primary.run(f"{LZCTL} shadow configure --role primary --service {VIP}:{PORT} --peer {backup.addr} {opts}")
     backup.run(f"ip addr add {VIP}/32 dev lz0")
     for g in b.guests:
         g.run(f"for i in $(seq 100); do {LZCTL} -j shadow status | grep -q '\"peer_state\": *\"alive\"' && exit 0; sleep 0.1; done; exit 1")
@@ -169,7 +179,7 @@ def failover(hb):
         start_servers(b)
         primary.run(f"ip addr add {VIP}/32 dev lz0")
         shadow_on(b, hb)
-        backup.start_lazarusd(shadow_backup_toml(VIP, PORT, primary.addr, hb))
+        backup.start_lazarusd(shadow_backup_toml(VIP, PORT, primary.addr, hb, key_file=KEY_FILE))
         get = b.host_popen(f"python3 {CLIENT} get {VIP} {PORT} 8000000 3 --rate 2000000", stdout=-1, text=True)
         chat = b.host_popen(f"python3 {CLIENT} chat {VIP} {PORT} 250 --interval 0.02", stdout=-1, text=True)
         time.sleep(2.0)
