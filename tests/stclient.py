@@ -91,35 +91,34 @@ def put(a):
             "max_gap_s": round(gaps.worst, 3), "seconds": round(time.monotonic() - start, 3)}
 
 
-def bye(a):
-    """How long after asking the server to close its reply and its FIN arrive."""
+def ask_to_close(a, request):
+    """Send `request` (BYE or ABORT), then time its reply line and the end of the
+    connection: "eof" for a FIN, "reset" for an RST."""
     s = socket.create_connection((a.host, a.port), timeout=60)
     start = time.monotonic()
-    s.sendall(b"BYE\n")
+    s.sendall(request)
     f = s.makefile("rb")
     reply = f.readline()
     replied = time.monotonic()
-    rest = f.read()
-    return {"reply": reply.decode(errors="replace"), "rest": len(rest),
-            "reply_after_s": round(replied - start, 3), "eof_after_s": round(time.monotonic() - start, 3)}
+    try:
+        rest, how = f.read(), "eof"
+    except ConnectionResetError:
+        rest, how = b"", "reset"
+    return {"reply": reply.decode(errors="replace"), "rest": len(rest), "end": how,
+            "reply_after_s": round(replied - start, 3), "end_after_s": round(time.monotonic() - start, 3)}
+
+
+def bye(a):
+    """How long after asking the server to close its reply and its FIN arrive."""
+    r = ask_to_close(a, b"BYE\n")
+    r["eof_after_s"] = r["end_after_s"]
+    return r
 
 
 def abort(a):
     """How long after asking the server to reset the connection its reply and the
     reset arrive."""
-    s = socket.create_connection((a.host, a.port), timeout=60)
-    start = time.monotonic()
-    s.sendall(b"ABORT\n")
-    f = s.makefile("rb")
-    reply = f.readline()
-    replied = time.monotonic()
-    try:
-        rest = f.read()
-        how = "eof"
-    except ConnectionResetError:
-        rest, how = b"", "reset"
-    return {"reply": reply.decode(errors="replace"), "rest": len(rest), "end": how,
-            "reply_after_s": round(replied - start, 3), "end_after_s": round(time.monotonic() - start, 3)}
+    return ask_to_close(a, b"ABORT\n")
 
 
 if __name__ == "__main__":

@@ -82,9 +82,20 @@ def setup_pair(b, primary_opts="", port=PORT, start_server=start_lzserver):
     return primary, backup
 
 
+METRICS = "127.0.0.1:9477"
+
+
 def start_lazarusd(backup, primary):
-    """lazarusd on the backup, taking over by itself when the primary fails."""
-    backup.start_lazarusd(shadow_backup_toml(VIP, PORT, primary.addr, HEARTBEAT_MS, key_file=KEY_FILE))
+    """lazarusd on the backup, taking over by itself when the primary fails, with its
+    Prometheus endpoint on."""
+    toml = shadow_backup_toml(VIP, PORT, primary.addr, HEARTBEAT_MS, key_file=KEY_FILE)
+    backup.start_lazarusd(f'{toml}\n\n[metrics]\nlisten = "{METRICS}"')
+
+
+def metrics(g):
+    """The samples lazarusd's /metrics serves on `g`, by series."""
+    text = g.out(f"curl -sS --max-time 5 http://{METRICS}/metrics")
+    return {l.rsplit(" ", 1)[0]: float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l and not l.startswith("#")}
 
 
 def client(b, *args):
@@ -192,6 +203,14 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
         st = status(backup)
         assert st["gate_open"] is True and st["role"] == "primary", st
         assert st["stats"]["translated_out"] > 0 and st["stats"]["prompts"] >= 1, st
+        # What an operator's Prometheus sees: the failover, and the module's own counters.
+        m = metrics(backup)
+        assert m["lazarus_failovers_total"] == 1 and m["lazarus_failovers_failed_total"] == 0, m
+        assert 0 < m["lazarus_last_failover_seconds"] < 5, m
+        assert m['lazarus_shadow_role{role="primary"}'] == 1 and m["lazarus_shadow_gate_open"] == 1, m
+        assert m["lazarus_shadow_prompts_total"] >= st["stats"]["prompts"], m
+        assert m["lazarus_shadow_peer_link_authenticated"] == 1, m
+        assert m['lazarus_module_up{module="lazarus_shadow"}'] == 1, m
 
         # The survivor keeps serving new connections too.
         check_get(result(client(b, "get", VIP, PORT, 1_000_000, 31)), 1_000_000)

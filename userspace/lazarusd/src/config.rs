@@ -31,6 +31,11 @@
 //! ```
 //!
 //! A relative `key_file` is taken from the configuration file's directory.
+//!
+//! ```toml
+//! [metrics]                  # optional: Prometheus text format at /metrics
+//! listen = "127.0.0.1:9477"  # read at start; a change needs a restart
+//! ```
 
 use lazarus_proto::ports::PortSet;
 use lznl::{ClusterKey, ShadowConfig, ShadowRole};
@@ -47,6 +52,13 @@ struct RawConfig {
     #[serde(default)]
     peer: Vec<RawPeer>,
     shadow: Option<RawShadow>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 /// Numbers are read wide and range-checked here, so that an error names the field.
@@ -120,6 +132,8 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// The shadowed service; `None` leaves the shadow module alone.
     pub shadow: Option<Shadow>,
+    /// Where to serve Prometheus metrics; `None`: not served. Read at start only.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The `[shadow]` section: this node's part in a shadowed (ST-TCP) service.
@@ -375,7 +389,13 @@ pub fn parse(text: &str) -> Result<Config, String> {
         peers.push(Peer { name: p.name.clone(), addr: p.addr, port: p.port, tcp, interval_ms: p.probe_interval_ms });
     }
     let shadow = raw.shadow.as_ref().map(parse_shadow).transpose()?;
-    Ok(Config { enabled: raw.core.enabled, ports, peers, shadow })
+    let metrics = match &raw.metrics {
+        None => None,
+        Some(m) => Some(m.listen.parse().map_err(|_| {
+            format!("metrics.listen: \"{}\" is not an address and port such as \"127.0.0.1:9477\"", m.listen)
+        })?),
+    };
+    Ok(Config { enabled: raw.core.enabled, ports, peers, shadow, metrics })
 }
 
 #[cfg(test)]
@@ -539,6 +559,17 @@ fence_timeout_ms = 3000
             let e = parse(&text).unwrap_err();
             assert!(e.starts_with(want), "{field} = {value}: {e}");
         }
+    }
+
+    #[test]
+    fn metrics_section() {
+        assert_eq!(parse("").unwrap().metrics, None);
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9477\"\n").unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+        let e = parse("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e.starts_with("metrics.listen: \"localhost\" is not an address and port"), "{e}");
+        let e = parse("[metrics]\nport = 1\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

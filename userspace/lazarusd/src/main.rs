@@ -11,6 +11,7 @@
 //! the primary and takes over (see `shadow.rs`).
 
 mod config;
+mod metrics;
 mod shadow;
 
 use clap::Parser;
@@ -121,6 +122,13 @@ fn main() -> ExitCode {
     }
     let mut driver = shadow::Driver::new();
     driver.update(cfg.shadow.as_ref().and_then(|s| s.failover.clone()), family);
+    if let Some(addr) = cfg.metrics {
+        if let Err(e) = metrics::serve(addr, driver.stats()) {
+            log(format!("metrics: cannot listen on {addr}: {e}"));
+            return ExitCode::from(3);
+        }
+        log(format!("metrics on http://{addr}/metrics"));
+    }
 
     let hup = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

@@ -215,8 +215,20 @@ fn describe(s: ExitStatus) -> String {
     }
 }
 
+/// What the failover driver has done (for the metrics endpoint).
+#[derive(Default)]
+pub struct FailoverStats {
+    /// Takeovers completed after a successful fence.
+    pub failovers: AtomicU64,
+    /// Failovers that stopped short: the fence or the takeover failed.
+    pub failed: AtomicU64,
+    /// Fence plus takeover of the latest completed failover, in milliseconds.
+    pub last_ms: AtomicU64,
+}
+
 /// What the watcher threads share with the main thread.
 struct Shared {
+    stats: Arc<FailoverStats>,
     /// Bumped whenever the running watcher is replaced or stopped; a watcher thread
     /// whose generation is stale exits at its next wake-up without acting.
     generation: AtomicU64,
@@ -238,7 +250,18 @@ pub struct Driver {
 impl Driver {
     /// No driver running.
     pub fn new() -> Self {
-        Driver { shared: Arc::new(Shared { generation: AtomicU64::new(0), failover: Mutex::new(None), running: Mutex::new(()) }), family: None }
+        let shared = Shared {
+            stats: Arc::default(),
+            generation: AtomicU64::new(0),
+            failover: Mutex::new(None),
+            running: Mutex::new(()),
+        };
+        Driver { shared: Arc::new(shared), family: None }
+    }
+
+    /// The driver's counters, shared with whoever reports them.
+    pub fn stats(&self) -> Arc<FailoverStats> {
+        self.shared.stats.clone()
     }
 
     /// After a successful apply: watch the module's events while `family` (the
@@ -414,6 +437,7 @@ fn failover(shared: &Shared, generation: u64, client: &ShadowClient, why: &str) 
             log(format!(
                 "FENCING FAILED: {e}. NOT taking over: the primary may still be sending. Will fence again on the next peer-failed event"
             ));
+            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
@@ -423,8 +447,15 @@ fn failover(shared: &Shared, generation: u64, client: &ShadowClient, why: &str) 
         e => Err(e),
     });
     match result {
-        Ok(r) => log(format!("takeover: {} connections in {} ms (fence took {} ms)", r.conns, r.takeover_ms, took.as_millis())),
-        Err(e) => log(format!("TAKEOVER FAILED after fencing the primary (fence took {} ms): {e}", took.as_millis())),
+        Ok(r) => {
+            log(format!("takeover: {} connections in {} ms (fence took {} ms)", r.conns, r.takeover_ms, took.as_millis()));
+            shared.stats.failovers.fetch_add(1, Ordering::Relaxed);
+            shared.stats.last_ms.store(took.as_millis() as u64 + r.takeover_ms as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            log(format!("TAKEOVER FAILED after fencing the primary (fence took {} ms): {e}", took.as_millis()));
+            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
