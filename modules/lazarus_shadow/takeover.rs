@@ -9,9 +9,10 @@
 //! clients resume now rather than at their next retransmission timeout.
 //!
 //! A connection whose TCP lacks client bytes that the old primary had (its last
-//! progress report or its last acknowledgment on the wire says so) cannot continue: the client was told they arrived and
-//! will not send them again, so this TCP would wait for them forever. Such a
-//! connection is reset, which the client's program sees at once.
+//! progress report or its last acknowledgment on the wire says so) cannot continue:
+//! the client was told they arrived and will not send them again, so this TCP would
+//! wait for them forever. Such a connection is reset, which the client's program
+//! sees at once.
 
 use super::lzk::kthread;
 use super::lzk::net::Net;

@@ -98,6 +98,10 @@ fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     family(out, name, "gauge", help, &[(String::new(), v)]);
 }
 
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    family(out, name, "counter", help, &[(String::new(), v as f64)]);
+}
+
 /// The exposition text for a scrape and the daemon's own counters.
 pub fn render(s: &Scrape, failovers: &FailoverStats) -> String {
     let mut out = String::new();
@@ -146,24 +150,22 @@ pub fn render(s: &Scrape, failovers: &FailoverStats) -> String {
             for (name, v) in counters {
                 if let Some(v) = v.as_u64() {
                     let help = format!("The module's {} counter.", name.replace('_', "-"));
-                    family(&mut out, &format!("lazarus_shadow_{name}_total"), "counter", &help, &[(String::new(), v as f64)]);
+                    counter(&mut out, &format!("lazarus_shadow_{name}_total"), &help, v);
                 }
             }
         }
     }
-    family(
+    counter(
         &mut out,
         "lazarus_failovers_total",
-        "counter",
         "Takeovers this daemon completed after fencing the primary.",
-        &[(String::new(), failovers.failovers.load(Ordering::Relaxed) as f64)],
+        failovers.failovers.load(Ordering::Relaxed),
     );
-    family(
+    counter(
         &mut out,
         "lazarus_failovers_failed_total",
-        "counter",
         "Failovers that stopped short (fence or takeover failed).",
-        &[(String::new(), failovers.failed.load(Ordering::Relaxed) as f64)],
+        failovers.failed.load(Ordering::Relaxed),
     );
     gauge(
         &mut out,
