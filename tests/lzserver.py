@@ -18,16 +18,21 @@ One request line per connection picks the mode:
 
     lzserver.py PORT
 """
+import asyncio
 import hashlib
 import os
 import random
 import socket
-import socketserver
 import struct
 import sys
 
+# One thread and an event loop rather than a thread per connection: with a thousand
+# connections, a thread each spends the emulated CPU contending for Python's global
+# lock (futex wake-ups), and echoes then take minutes.
+CHUNK = 65536
 
-def stream(seed, n, chunk=65536):
+
+def stream(seed, n, chunk=CHUNK):
     """Deterministic bytes: the same for a seed on every machine and Python."""
     r = random.Random(seed)
     while n > 0:
@@ -36,64 +41,76 @@ def stream(seed, n, chunk=65536):
         n -= k
 
 
-class Handler(socketserver.StreamRequestHandler):
-    def handle(self):
-        line = self.rfile.readline(256).split()
-        if not line:
+def lingering():
+    return os.path.exists("/tmp/lzserver-linger")
+
+
+async def drain_until_eof(reader):
+    while await reader.read(CHUNK):
+        pass
+
+
+async def serve(reader, writer, line):
+    cmd, args = line[0], line[1:]
+    if cmd == b"ECHO":
+        while b := await reader.read(CHUNK):
+            writer.write(b)
+            await writer.drain()
+    elif cmd == b"CHAT":
+        h = hashlib.sha256()
+        while l := await reader.readline():
+            h.update(l)
+            writer.write(h.hexdigest().encode() + b"\n")
+            await writer.drain()
+    elif cmd == b"GET" and len(args) == 2:
+        for b in stream(int(args[1]), int(args[0])):
+            writer.write(b)
+            await writer.drain()
+    elif cmd == b"PUT" and len(args) == 1:
+        n, h = int(args[0]), hashlib.sha256()
+        while n > 0:
+            b = await reader.read(min(n, CHUNK))
+            if not b:
+                return
+            h.update(b)
+            n -= len(b)
+        writer.write(h.hexdigest().encode() + b"\n")
+    elif cmd == b"BYE":
+        writer.write(b"bye\n")
+        if lingering():
+            await drain_until_eof(reader)
+    elif cmd == b"ABORT":
+        writer.write(b"abort\n")
+        await writer.drain()
+        if lingering():
+            await drain_until_eof(reader)
+        else:
+            # Closing with a zero linger time resets the connection; the reply is
+            # already in the kernel's send queue.
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+
+async def handle(reader, writer):
+    try:
+        try:
+            line = (await reader.readuntil(b"\n"))[:256].split()
+        except asyncio.IncompleteReadError:
             return
-        cmd, args = line[0], line[1:]
-        if cmd == b"ECHO":
-            # Through rfile, not the socket: the request line's readline may have
-            # buffered the first client bytes already (when they arrive together).
-            while True:
-                b = self.rfile.read1(65536)
-                if not b:
-                    return
-                self.request.sendall(b)
-        elif cmd == b"CHAT":
-            h = hashlib.sha256()
-            for l in self.rfile:
-                h.update(l)
-                self.wfile.write(h.hexdigest().encode() + b"\n")
-                self.wfile.flush()
-        elif cmd == b"GET" and len(args) == 2:
-            for b in stream(int(args[1]), int(args[0])):
-                self.wfile.write(b)
-        elif cmd == b"PUT" and len(args) == 1:
-            n, h = int(args[0]), hashlib.sha256()
-            while n > 0:
-                b = self.rfile.read1(min(n, 65536))
-                if not b:
-                    return
-                h.update(b)
-                n -= len(b)
-            self.wfile.write(h.hexdigest().encode() + b"\n")
-        elif cmd == b"BYE":
-            self.wfile.write(b"bye\n")
-            if os.path.exists("/tmp/lzserver-linger"):
-                while self.rfile.read1(65536):
-                    pass
-        elif cmd == b"ABORT":
-            self.wfile.write(b"abort\n")
-            self.wfile.flush()
-            if os.path.exists("/tmp/lzserver-linger"):
-                while self.rfile.read1(65536):
-                    pass
-            else:
-                # Closing with a zero linger time resets the connection. Closed here,
-                # files first (they hold the descriptor open), so that socketserver's
-                # own shutdown afterwards cannot send a FIN before the reset.
-                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.rfile.close()
-                self.wfile.close()
-                self.request.close()
+        if line:
+            await serve(reader, writer, line)
+            await writer.drain()
+    except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+        pass
+    finally:
+        writer.close()
 
 
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-    request_queue_size = 1024
+async def main(port):
+    server = await asyncio.start_server(handle, "0.0.0.0", port, backlog=1024, reuse_address=True)
+    async with server:
+        await server.serve_forever()
 
 
 if __name__ == "__main__":
-    Server(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
+    asyncio.run(main(int(sys.argv[1])))

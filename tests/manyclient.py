@@ -2,7 +2,8 @@
 """Many concurrent echo connections from the host's own TCP stack. Opens N
 connections to lzserver's ECHO mode (about 100 a second, so neither server's listen
 queue overflows), then for R rounds sends each connection a seeded chunk and reads its echo
-back, comparing every byte. Prints one JSON line.
+back, comparing every byte. Prints one JSON line (with each round's duration and
+wall-clock start, so that a test can tell which rounds followed an event).
 
     manyclient.py HOST PORT CONNS ROUNDS [--interval S] [--ready FILE]
 
@@ -56,9 +57,10 @@ def main():
         open(a.ready, "w").close()
     # A connection the server resets is counted and dropped from later rounds; any
     # wrong byte or a silent hang (timeout) is a failure.
-    bad, slowest, echoed, reset, hung, took = 0, 0.0, 0, set(), {}, []
+    bad, slowest, echoed, reset, hung, took, began = 0, 0.0, 0, set(), {}, [], []
     for rnd in range(a.rounds):
         start = time.monotonic()
+        began.append(round(time.time(), 3))
         for i, s in enumerate(socks):
             if i not in reset and i not in hung:
                 try:
@@ -91,7 +93,7 @@ def main():
         s.close()
     print(json.dumps({"conns": a.conns, "rounds": a.rounds, "bad": bad, "reset": len(reset), "hung": list(hung.values()),
                       "echoed_bytes": echoed,
-                      "slowest_round_s": round(slowest, 3), "round_s": took}))
+                      "slowest_round_s": round(slowest, 3), "round_s": took, "round_began": began}))
 
 
 if __name__ == "__main__":
