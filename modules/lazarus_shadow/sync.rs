@@ -33,10 +33,11 @@ const REFRESH_MS: u64 = 1000;
 const UNREPORTED_LIMIT_MS: u64 = 3000;
 /// Most bytes sent again for one request (the backup asks again if it needs more).
 const RESEND_BUDGET: u64 = 512 * 1024;
-/// After takeover, a connection whose TCP has waited this long for client bytes below
-/// ones it already holds has lost them: the old primary acknowledged them, so the
-/// client will not send them again (a client that never got them resends well
-/// within this).
+/// After takeover, a connection whose TCP has waited this long, without moving, for
+/// client bytes that the old primary had or that this node saw beyond a gap has lost
+/// them: the old primary acknowledged them, so the client will not send them again (a
+/// client whose bytes were never acknowledged resends well within this, and bytes
+/// still in the socket's backlog at takeover arrive within it).
 const LOST_AFTER_MS: u64 = 3000;
 /// Connections visited per lock hold.
 const WALK_BATCH: usize = MAX_RECORDS;
@@ -148,7 +149,11 @@ impl Sync {
                             return;
                         };
                         let seen = c.shadow.progress().client_next;
-                        if c.follower.on_primary(Seq(own.rcv_nxt), seen, now, LOST_AFTER_MS) {
+                        let need = match super::takeover::primary_had(c) {
+                            Some(had) if had.gt(seen) => had,
+                            _ => seen,
+                        };
+                        if c.follower.on_primary(Seq(own.rcv_nxt), need, now, LOST_AFTER_MS) {
                             let _ = lost.push(*k, GFP_ATOMIC);
                         }
                     })

@@ -148,7 +148,7 @@ pub mod stats_attr {
     pub const FINS_HELD: u16 = 23;
     /// Connections on which this node's program lagged its twin beyond the limits.
     pub const APP_LAG_REPORTS: u16 = 24;
-    /// Connections reset at takeover because this node lacked client bytes the old primary had acknowledged (the client would never send them again).
+    /// Connections reset after a takeover because this node lacked client bytes the old primary had acknowledged (the client would never send them again) and they did not arrive within 3 s.
     pub const CONNS_RESET: u16 = 25;
     /// Peer datagrams refused as too short to carry an authentication trailer.
     pub const AUTH_TRUNCATED: u16 = 26;

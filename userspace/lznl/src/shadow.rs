@@ -124,7 +124,7 @@ pub struct ShadowStats {
     pub fins_held: u64,
     /// Connections on which this node's program lagged its twin beyond the limits.
     pub app_lag_reports: u64,
-    /// Connections reset at takeover: this node lacked client bytes the old primary had.
+    /// Connections reset after a takeover: this node lacked client bytes the old primary had.
     pub conns_reset: u64,
     /// Peer datagrams refused: too short for an authentication trailer ...
     pub auth_truncated: u64,
