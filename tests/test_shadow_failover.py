@@ -216,6 +216,90 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
         check_get(result(client(b, "get", VIP, PORT, 1_000_000, 31)), 1_000_000)
 
 
+def test_planned_switchover_loses_no_connection():
+    """Planned maintenance: `lzctl shadow step-down` on the primary silences it and asks
+    the backup to take over; lazarusd on the backup waits until it has every client
+    byte the primary had and takes over, with no fence. Transfers running through it
+    get every byte with no reset, and the old primary sends nothing for the service
+    from the step-down on. A step-down nobody answers ends by itself and the primary
+    serves again; `takeover --planned` refuses when the primary has not stepped down."""
+    with Bench(2, name="lzsw", hub=True) as b:
+        primary, backup = setup_pair(b)
+
+        # Refusals first, and a step-down nobody answers: the chat running through it
+        # only pauses.
+        rc, out, err = backup.run(f"{LZCTL} shadow takeover --planned", check=False)
+        assert rc == 4 and "has not stepped down" in err, (rc, out, err)
+        chat = client(b, "chat", VIP, PORT, 80, "--interval", 0.025)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        rc, out, err = primary.run(f"{LZCTL} shadow step-down --timeout-ms 1000", check=False, timeout=30)
+        print(f"unanswered step-down returned after {time.monotonic() - t0:.2f} s")
+        assert rc == 4 and "did not take over within 1000 ms" in err, (rc, out, err)
+        assert status(primary)["stepping_down"] is False
+        assert "step-down ended: the backup did not take over in time" in primary.out("dmesg")
+        r = result(chat)
+        check_chat(r, 80)
+        print("chat through an unanswered step-down, longest gap:", r["max_gap_s"])
+
+        # The switchover, in the middle of transfers, answered by lazarusd.
+        start_lazarusd(backup, primary)
+        cap = os.path.join(b.workdir, "old-primary.pcap")
+        dump = b.host_popen(f"exec tcpdump -i lzt{primary.index} -n -U -w {cap} "
+                            f"ether src {backup_mac(primary)} and src host {VIP} and tcp src port {PORT}",
+                            stdout=-1, stderr=-1, text=True)
+        time.sleep(0.5)
+        get_n, put_n, lines = 12_000_000, 6_000_000, 150
+        clients = [
+            ("get", client(b, "get", VIP, PORT, get_n, 41, "--rate", 3_000_000), get_n),
+            ("put", client(b, "put", VIP, PORT, put_n, 42, "--rate", 1_500_000), put_n),
+            ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
+        ]
+        time.sleep(1.5)
+        primary.run(f"({LZCTL} -j shadow step-down > /tmp/sd.out 2>&1; echo $? > /tmp/sd.rc) </dev/null >/dev/null 2>&1 &")
+        wait_for("the primary to step down", lambda: status(primary)["stepping_down"], timeout=10)
+        silent_from = time.time()
+        wait_for("the step-down to finish", lambda: primary.out("cat /tmp/sd.rc 2>/dev/null").strip() != "", timeout=20)
+        sd = primary.out("cat /tmp/sd.out").strip()
+        print("step-down:", sd)
+        assert primary.out("cat /tmp/sd.rc").strip() == "0", sd
+        assert json.loads(sd)["handed_over"] is True, sd
+        rc, again, err = primary.run(f"{LZCTL} shadow step-down --no-wait", check=False)
+        assert rc == 1 and "stepped down already" in err, (rc, again, err)
+        log = backup.out("cat /tmp/lzd.log")
+        print(log)
+        assert "planned takeover: caught up after" in log, log
+
+        try:
+            results = {name: result(p) for name, p, _ in clients}
+        except AssertionError:
+            print(diagnose(backup), diagnose(primary))
+            raise
+        for name, _, n in clients:
+            {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
+        print("client stalls:", {k: v["max_gap_s"] for k, v in results.items()})
+
+        sb, sp = status(backup), status(primary)
+        assert sb["gate_open"] is True and sb["role"] == "primary", sb
+        assert sb["stats"]["conns_reset"] == 0, sb["stats"]
+        m = metrics(backup)
+        assert m["lazarus_planned_switchovers_total"] == 1 and m["lazarus_failovers_total"] == 0, m
+        assert sp["handed_over"] is True and sp["stepping_down"] is True, sp
+        assert sp["stats"]["swallowed"] > 0, sp["stats"]
+        # The old primary retired its copies of the connections, and nothing of the
+        # service left it after the step-down.
+        assert primary.out(f"ss -Htn state established '( sport = :{PORT} )'").strip() == "", \
+            primary.out(f"ss -tn '( sport = :{PORT} )'")
+        dump.terminate()
+        dump.communicate(timeout=10)
+        stamps = [float(l.split()[0]) for l in b.host(f"tcpdump -r {cap} -n -tt 2>/dev/null").stdout.splitlines() if l]
+        late = [ts for ts in stamps if ts > silent_from]
+        assert stamps and not late, f"{len(late)} service frames from the old primary after its step-down ({len(stamps)} in all)"
+
+        # New connections go to the new primary.
+        check_get(result(client(b, "get", VIP, PORT, 1_000_000, 43)), 1_000_000)
+
+
 NGINX_MB = 48
 
 

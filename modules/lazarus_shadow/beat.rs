@@ -57,6 +57,7 @@ impl Beater {
             role: if s.role.load(Ordering::Relaxed) == role::BACKUP { Role::Backup } else { Role::Primary },
             gate_open: s.gate_open.load(Ordering::Relaxed),
             protected: s.fault_tolerant(),
+            stepping_down: s.silent.load(Ordering::Relaxed) && !s.handed_over.load(Ordering::Relaxed),
             service: self.vip,
             service_port: self.port,
             counter,
@@ -104,7 +105,8 @@ impl Beater {
 
 impl Beater {
     fn report(&self, link: &mut Link<'_>, now: u64, interval_ms: u64) {
-        if self.shared.peer_state.load(Ordering::Relaxed) == peer_state::FAILED {
+        // A primary whose backup took over from it has nothing left to report.
+        if self.shared.peer_state.load(Ordering::Relaxed) == peer_state::FAILED || self.shared.handed_over.load(Ordering::Relaxed) {
             return;
         }
         let mut lags = KVec::new();
@@ -134,6 +136,37 @@ impl Beater {
                 bump(&s.stats.conns_reset);
             }
         }
+    }
+
+    /// A fresh heartbeat from the peer: the steps of a planned switchover.
+    fn on_peer_beat(&self, b: &Beat) {
+        let s = &*self.shared;
+        if s.role.load(Ordering::Relaxed) == role::BACKUP && !s.gate_open.load(Ordering::Relaxed) {
+            // Asked for as long as the primary's beats say so: a primary whose
+            // step-down ran out serves again and stops asking.
+            let was = s.handover_requested.swap(b.stepping_down, Ordering::Relaxed);
+            if b.stepping_down && !was {
+                pr_info!("the primary stepped down and asks this node to take over\n");
+                self.notify(event::HANDOVER_REQUESTED, None);
+            }
+        } else if s.silent.load(Ordering::Relaxed) && b.gate_open && !s.handed_over.swap(true, Ordering::Relaxed) {
+            s.step_down_until.store(0, Ordering::Relaxed);
+            let retired = super::takeover::retire(s, super::lzk::net::Net::init(), self.vip, self.port);
+            pr_info!("the backup serves the service now; {} connections retired here, this node stays silent\n", retired);
+            self.notify(event::HANDED_OVER, None);
+        }
+    }
+
+    /// Primary: a step-down the backup did not answer in time ends; serve again.
+    fn expire_step_down(&self, why: &str) {
+        let s = &*self.shared;
+        if s.handed_over.load(Ordering::Relaxed) || !s.silent.load(Ordering::Relaxed) {
+            return;
+        }
+        s.step_down_until.store(0, Ordering::Relaxed);
+        s.silent.store(false, Ordering::Release);
+        pr_warn!("step-down ended: {}; serving again\n", why);
+        self.notify(event::STEP_DOWN_EXPIRED, None);
     }
 
     fn lagging(&self, l: &Lag) {
@@ -236,6 +269,7 @@ impl ThreadBody for Beater {
                     Some(b) if det.on_beat(b.counter, now_ms()) => {
                         bump(&s.stats.beats_received);
                         s.last_beat_ms.store(now_ms(), Ordering::Relaxed);
+                        self.on_peer_beat(&b);
                     }
                     _ => bump(&s.stats.beats_rejected),
                 },
@@ -268,7 +302,10 @@ impl ThreadBody for Beater {
                     // stay unprotected even if it comes back (it missed their bytes).
                     if s.role.load(Ordering::Relaxed) == role::PRIMARY {
                         s.drop_retention();
+                        // Nobody would take over from a silenced primary now.
+                        self.expire_step_down("the backup failed");
                     }
+                    s.handover_requested.store(false, Ordering::Relaxed);
                 }
                 _ => {}
             }
@@ -280,6 +317,10 @@ impl ThreadBody for Beater {
                     s.retain_limit.load(Ordering::Relaxed) / 1024
                 );
                 self.notify(event::RETENTION_OVERFLOW, None);
+            }
+            let until = s.step_down_until.load(Ordering::Relaxed);
+            if until != 0 && now >= until {
+                self.expire_step_down("the backup did not take over in time");
             }
             if s.rsts_holding.load(Ordering::Relaxed) > 0 {
                 self.release_rsts(now);

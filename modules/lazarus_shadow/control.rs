@@ -42,6 +42,11 @@ const DEFAULT_MAX_DELAY_FIN_MS: u32 = 500;
 const DEFAULT_APP_MAX_LAG_KB: u32 = 1024;
 const DEFAULT_APP_MAX_LAG_MS: u32 = 2000;
 const MAX_APP_MAX_LAG_MS: u32 = 60_000;
+/// How long a stepped-down primary waits for its backup to take over by default, and
+/// the bounds an operator may choose from.
+const STEP_DOWN_DEFAULT_MS: u32 = 15_000;
+const STEP_DOWN_MIN_MS: u32 = 1_000;
+const STEP_DOWN_MAX_MS: u32 = 120_000;
 
 pub(crate) struct Control {
     shared: Arc<Shared>,
@@ -172,8 +177,50 @@ impl Control {
                 m.put_u32(a::PEER_SILENCE_MS, now_ms().saturating_sub(last).min(u32::MAX as u64) as u32)?;
             }
             m.put_u32(a::CONNS, s.conns())?;
+            let backup = s.role.load(Ordering::Relaxed) == role::BACKUP;
+            let stepping = if backup { &s.handover_requested } else { &s.silent };
+            m.put_u8(a::STEPPING_DOWN, stepping.load(Ordering::Relaxed) as u8)?;
+            m.put_u8(a::HANDED_OVER, s.handed_over.load(Ordering::Relaxed) as u8)?;
+            if let (true, Some(l)) = (backup, live.as_ref()) {
+                m.put_u32(a::BEHIND, takeover::behind(s, req.net(), l.config.vip, l.config.port))?;
+            }
             put_stats(m, &s.stats)
         })
+    }
+
+    /// Planned switchover, on the primary: go silent and ask the backup to take over
+    /// (see the heartbeat thread for the rest).
+    fn step_down(&self, req: &Request<'_>) -> Result {
+        let s = &*self.shared;
+        let live = s.live.lock();
+        let Some(l) = live.as_ref() else {
+            req.set_message(c"no service is configured");
+            return Err(ENOENT);
+        };
+        let ms = req.u32(a::STEP_DOWN_MS).unwrap_or(STEP_DOWN_DEFAULT_MS);
+        if !(STEP_DOWN_MIN_MS..=STEP_DOWN_MAX_MS).contains(&ms) {
+            req.set_message(c"step-down-ms must be 1000 to 120000");
+            return Err(EINVAL);
+        }
+        if l.config.role != role::PRIMARY || s.role.load(Ordering::Relaxed) != role::PRIMARY {
+            req.set_message(c"this node is not the primary");
+            return Err(EINVAL);
+        }
+        if s.silent.load(Ordering::Relaxed) {
+            req.set_message(c"this node has stepped down already");
+            return Err(EALREADY());
+        }
+        if !s.fault_tolerant() {
+            // Silence without a backup that follows every connection would end them.
+            req.set_message(c"not fault-tolerant (backup not alive, or retention overflowed): nobody could take over");
+            return Err(EBUSY);
+        }
+        s.handed_over.store(false, Ordering::Relaxed);
+        s.step_down_until.store(now_ms() + ms as u64, Ordering::Relaxed);
+        s.silent.store(true, Ordering::Release);
+        drop(live);
+        pr_info!("stepping down: output withheld, asking the backup to take over within {} ms\n", ms);
+        Ok(())
     }
 
     fn configure(&self, req: &Request<'_>) -> Result {
@@ -332,6 +379,7 @@ impl Control {
         s.max_delay_fin_ms.store(config.max_delay_fin_ms, Ordering::Relaxed);
         s.overflowed.store(false, Ordering::Relaxed);
         s.retained_bytes.store(0, Ordering::Relaxed);
+        s.clear_step_down();
         // SAFETY: The notifier lives in the heartbeat thread, which `Live` owns; the
         // module tears `Live` down before it unregisters the family.
         let notifier = unsafe { req.notifier() };
@@ -357,7 +405,8 @@ impl Control {
         let hooks: &[(Hook, i32)] = if backup {
             &[(Hook::Ingress, 0), (Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)]
         } else {
-            &[(Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW)]
+            // ARP_OUT too: a primary that steps down withholds its ARP for the address.
+            &[(Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)]
         };
         // Only the ingress hook is per device.
         let hook_dev = if backup { Some(dev.try_clone(net)?) } else { None };
@@ -416,6 +465,7 @@ impl genl::Family for Control {
             cmd::GET_STATUS => self.status(c, req),
             cmd::CONFIGURE => self.configure(req),
             cmd::TAKEOVER => self.takeover(c, req),
+            cmd::STEP_DOWN => self.step_down(req),
             _ => Err(EOPNOTSUPP()),
         }
     }

@@ -7,7 +7,9 @@
 //!   resends them).
 //! - LOCAL_OUT: a FIN the backup's program has not produced yet is held, up to
 //!   MaxDelayFIN: the segment is consumed and TCP sends it again on its timer (or at
-//!   once when the backup reports its FIN).
+//!   once when the backup reports its FIN). After a step-down (planned switchover)
+//!   every segment of the service is withheld.
+//! - ARP_OUT: after a step-down, ARP from the service address is withheld.
 //!
 //! On the backup:
 //! - Ingress (the client-segment device): frames for the service that are addressed
@@ -76,7 +78,9 @@ impl HookHandler for Handler {
         if !self.backup {
             return match hook {
                 Hook::PreRouting => self.keep_for_backup(skb, vip, port),
+                Hook::LocalOut if self.silent() => self.silence(skb, vip, port),
                 Hook::LocalOut => self.hold_fin(skb, vip, port),
+                Hook::ArpOut => self.arp_out(skb, vip),
                 _ => Verdict::Accept,
             };
         }
@@ -93,6 +97,20 @@ impl HookHandler for Handler {
 impl Handler {
     fn gate_open(&self) -> bool {
         self.shared.gate_open.load(Ordering::Acquire)
+    }
+
+    /// A primary that stepped down (planned switchover).
+    fn silent(&self) -> bool {
+        self.shared.silent.load(Ordering::Acquire)
+    }
+
+    /// Primary, stepped down: nothing of the service leaves, neither data, ACKs nor
+    /// the RSTs of its own connections once the backup serves them.
+    fn silence(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
+        match skb.ipv4_tcp() {
+            Ok(p) if p.ip.src == vip && p.tcp.src_port == port => self.swallow(),
+            _ => Verdict::Accept,
+        }
     }
 
     /// Read-only: the frame may still be shared with packet taps here, so headers are
@@ -454,9 +472,10 @@ impl Handler {
     }
 
     /// ARP from the service address (answers and announcements) stays in while the
-    /// gate is closed, so clients keep resolving the address to the primary.
+    /// gate is closed, so clients keep resolving the address to the primary; and on a
+    /// primary that stepped down, so that they resolve it to the backup.
     fn arp_out(&self, skb: &mut SkBuff<'_>, vip: [u8; 4]) -> Verdict {
-        if self.gate_open() {
+        if self.gate_open() && !self.silent() {
             return Verdict::Accept;
         }
         // Ethernet/IPv4 ARP: hardware length 6, protocol length 4, sender IP at 14.

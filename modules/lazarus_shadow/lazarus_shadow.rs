@@ -241,6 +241,16 @@ pub(crate) struct Shared {
     /// A connection's progress changed in a way the peer should hear of before the
     /// next interval (a FIN, a resend request).
     pub(crate) urgent: AtomicBool,
+    /// Primary, planned switchover: its output and ARP for the service are withheld
+    /// (see `control::step_down`). Stays set after the backup has taken over.
+    pub(crate) silent: AtomicBool,
+    /// Primary: monotonic ms at which a step-down the backup has not answered ends
+    /// and this node serves again; 0 when none is pending.
+    pub(crate) step_down_until: AtomicU64,
+    /// Primary: the backup took over after this node stepped down.
+    pub(crate) handed_over: AtomicBool,
+    /// Backup: the primary's latest heartbeat asks this node to take over.
+    pub(crate) handover_requested: AtomicBool,
     pub(crate) stats: Stats,
     #[pin]
     pub(crate) table: SpinLock<Option<Table>>,
@@ -270,6 +280,10 @@ impl Shared {
             overflowed: AtomicBool::new(false),
             max_delay_fin_ms: AtomicU32::new(0),
             urgent: AtomicBool::new(false),
+            silent: AtomicBool::new(false),
+            step_down_until: AtomicU64::new(0),
+            handed_over: AtomicBool::new(false),
+            handover_requested: AtomicBool::new(false),
             stats: Stats::default(),
             table <- new_spinlock!(None),
             live <- new_mutex!(None),
@@ -319,6 +333,14 @@ impl Shared {
         self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
+    /// Forget any planned switchover (a service configured afresh, or torn down).
+    pub(crate) fn clear_step_down(&self) {
+        self.silent.store(false, Ordering::Relaxed);
+        self.step_down_until.store(0, Ordering::Relaxed);
+        self.handed_over.store(false, Ordering::Relaxed);
+        self.handover_requested.store(false, Ordering::Relaxed);
+    }
+
     /// Connections in the table.
     pub(crate) fn conns(&self) -> u32 {
         self.with_table(|t| t.len() as u32).unwrap_or(0)
@@ -357,6 +379,7 @@ impl Shared {
         self.last_beat_ms.store(0, Ordering::Relaxed);
         self.overflowed.store(false, Ordering::Relaxed);
         self.retained_bytes.store(0, Ordering::Relaxed);
+        self.clear_step_down();
         // No hook runs any more; free the table outside the spinlock (it may be
         // vmalloc'd, and freeing that must not happen with bottom halves off).
         let table = {

@@ -121,3 +121,58 @@ pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Resu
     );
     Ok(Outcome { conns, took_ms })
 }
+
+/// Backup: the connections whose TCP is still short of client bytes the primary had.
+/// A planned takeover waits for none. Process context.
+pub(crate) fn behind(shared: &Shared, net: &Net, vip: [u8; 4], port: u16) -> u32 {
+    let mut short = 0u32;
+    let mut cursor = Some(0usize);
+    while let Some(from) = cursor {
+        // The socket lookup takes no lock of its own, so it may run under the table's.
+        cursor = shared
+            .with_table(|t| {
+                t.walk(from, BATCH, |_, k, c| {
+                    if c.shadow.mapping().is_none() || c.shadow.finished() {
+                        return;
+                    }
+                    let Some(theirs) = primary_had(c) else {
+                        return;
+                    };
+                    let own = EstablishedSock::lookup(net, (k.client, k.client_port), (vip, port)).and_then(|s| s.progress());
+                    if own.is_some_and(|p| Seq(p.rcv_nxt).lt(theirs)) {
+                        short += 1;
+                    }
+                })
+            })
+            .flatten();
+    }
+    short
+}
+
+/// Primary, after the backup took over from a step-down: reset this node's own copies
+/// of the connections. The resets never leave (the node is silent); they free the
+/// sockets and tell this node's program its connections are gone.
+pub(crate) fn retire(shared: &Shared, net: &Net, vip: [u8; 4], port: u16) -> u32 {
+    let mut retired = 0u32;
+    let mut cursor = Some(0usize);
+    while let Some(from) = cursor {
+        let mut keys = [FlowKey::default(); BATCH];
+        let mut n = 0;
+        cursor = shared
+            .with_table(|t| {
+                t.walk(from, BATCH, |_, k, _| {
+                    keys[n] = *k;
+                    n += 1;
+                })
+            })
+            .flatten();
+        // Outside the table lock: the resets pass the LOCAL_OUT hook, which takes it.
+        for k in &keys[..n] {
+            if let Some(sock) = EstablishedSock::lookup(net, (k.client, k.client_port), (vip, port)) {
+                sock.abort();
+                retired += 1;
+            }
+        }
+    }
+    retired
+}

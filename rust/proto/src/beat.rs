@@ -12,7 +12,8 @@
 //!  0  magic "LZHB"
 //!  4  version (1)
 //!  5  role: 1 primary, 2 backup
-//!  6  flags: bit 0 gate open (serving clients), bit 1 fault-tolerant
+//!  6  flags: bit 0 gate open (serving clients), bit 1 fault-tolerant,
+//!     bit 2 stepping down (a silenced primary asking its backup to take over)
 //!  7  reserved (0)
 //!  8  service address (IPv4)
 //! 12  service port
@@ -67,6 +68,9 @@ pub struct Beat {
     pub gate_open: bool,
     /// Sender is fault-tolerant (it has a live peer).
     pub protected: bool,
+    /// Sender is a primary stepping down: its output is withheld and it asks the
+    /// backup to take over (a planned switchover).
+    pub stepping_down: bool,
     /// The service this beat is about.
     pub service: [u8; 4],
     /// Its port.
@@ -108,7 +112,7 @@ impl Beat {
         b[0..4].copy_from_slice(&MAGIC);
         b[4] = VERSION;
         b[5] = self.role.code();
-        b[6] = self.gate_open as u8 | (self.protected as u8) << 1;
+        b[6] = self.gate_open as u8 | (self.protected as u8) << 1 | (self.stepping_down as u8) << 2;
         b[8..12].copy_from_slice(&self.service);
         b[12..14].copy_from_slice(&self.service_port.to_be_bytes());
         b[16..20].copy_from_slice(&self.counter.to_be_bytes());
@@ -128,7 +132,7 @@ impl Beat {
             return Err(BeatError::Version);
         }
         let role = Role::from_code(b[5]).ok_or(BeatError::Field)?;
-        if b[6] & !3 != 0 || b[7] != 0 || b[14] != 0 || b[15] != 0 {
+        if b[6] & !7 != 0 || b[7] != 0 || b[14] != 0 || b[15] != 0 {
             return Err(BeatError::Field);
         }
         let word = |at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
@@ -136,6 +140,7 @@ impl Beat {
             role,
             gate_open: b[6] & 1 != 0,
             protected: b[6] & 2 != 0,
+            stepping_down: b[6] & 4 != 0,
             service: [b[8], b[9], b[10], b[11]],
             service_port: u16::from_be_bytes([b[12], b[13]]),
             counter: word(16),
@@ -226,6 +231,7 @@ mod tests {
             role: Role::Primary,
             gate_open: true,
             protected: true,
+            stepping_down: false,
             service: [10, 77, 0, 100],
             service_port: 8080,
             counter: 7,
@@ -249,6 +255,13 @@ mod tests {
         let mut e = b.encode();
         e[6] = 0x80;
         assert_eq!(Beat::decode(&e), Err(BeatError::Field));
+        let mut e = b.encode();
+        e[6] = 0x08;
+        assert_eq!(Beat::decode(&e), Err(BeatError::Field));
+        // Each flag is its own bit.
+        let down = Beat { gate_open: false, protected: false, stepping_down: true, ..b };
+        assert_eq!(down.encode()[6], 4);
+        assert_eq!(Beat::decode(&down.encode()), Ok(down));
         assert_eq!(Beat::decode(&b.encode()[..20]), Err(BeatError::Length));
     }
 

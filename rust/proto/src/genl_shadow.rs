@@ -38,7 +38,10 @@ pub mod event {
     pub const TAKEOVER: u8 = 5;
     pub const RETENTION_OVERFLOW: u8 = 6;
     pub const APP_LAG: u8 = 7;
-    pub const NAMES: &[&str] = &["configured", "deconfigured", "peer-alive", "peer-failed", "takeover", "retention-overflow", "app-lag"];
+    pub const HANDOVER_REQUESTED: u8 = 8;
+    pub const HANDED_OVER: u8 = 9;
+    pub const STEP_DOWN_EXPIRED: u8 = 10;
+    pub const NAMES: &[&str] = &["configured", "deconfigured", "peer-alive", "peer-failed", "takeover", "retention-overflow", "app-lag", "handover-requested", "handed-over", "step-down-expired"];
     pub const FIRST: u8 = 1;
 }
 
@@ -96,7 +99,15 @@ pub mod shadow_attr {
     pub const KEY: u16 = 25;
     /// A non-secret identifier derived from the configured key (0 when none), so that operators can check both nodes have the same one.
     pub const KEY_FINGERPRINT: u16 = 26;
-    pub const MAX: u16 = 26;
+    /// Step-down: how long the silenced primary waits for its backup to take over before it serves again (default 15000, 1000 to 120000; checked by the handler).
+    pub const STEP_DOWN_MS: u16 = 27;
+    /// Primary: 1 while it is silenced for a planned switchover, its output and ARP withheld; it stays silenced after the backup has taken over. Backup: 1 while its primary asks it to take over.
+    pub const STEPPING_DOWN: u16 = 28;
+    /// On a primary, 1 once its backup has taken over after a step-down.
+    pub const HANDED_OVER: u16 = 29;
+    /// Backup: connections whose TCP is still short of client bytes the primary had (its last report, or its last acknowledgment on the wire). A planned takeover waits for 0.
+    pub const BEHIND: u16 = 30;
+    pub const MAX: u16 = 30;
 }
 
 /// Attributes of the `stats` set.
@@ -214,6 +225,10 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: shadow_attr::LAG_BYTES, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: shadow_attr::KEY, kind: AttrKind::Binary, min: None, max: None, max_len: 64 },
     AttrPolicy { id: shadow_attr::KEY_FINGERPRINT, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::STEP_DOWN_MS, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::STEPPING_DOWN, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
+    AttrPolicy { id: shadow_attr::HANDED_OVER, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
+    AttrPolicy { id: shadow_attr::BEHIND, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
 ];
 
 /// Command numbers.
@@ -223,6 +238,7 @@ pub mod cmd {
     pub const TAKEOVER: u8 = 3;
     pub const CONN_GET: u8 = 4;
     pub const SHADOW_NTF: u8 = 5;
+    pub const STEP_DOWN: u8 = 6;
 }
 
 /// Operations the kernel registers (notifications are not requests).
@@ -231,6 +247,7 @@ pub const OPS: &[OpSpec] = &[
     OpSpec { cmd: cmd::CONFIGURE, name: "configure", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::TAKEOVER, name: "takeover", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::CONN_GET, name: "conn-get", admin: false, has_do: false, has_dump: true },
+    OpSpec { cmd: cmd::STEP_DOWN, name: "step-down", admin: true, has_do: true, has_dump: false },
 ];
 
 /// Multicast groups, in registration order (the group index is the position).

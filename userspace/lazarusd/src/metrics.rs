@@ -167,6 +167,18 @@ pub fn render(s: &Scrape, failovers: &FailoverStats) -> String {
         "Failovers that stopped short (fence or takeover failed).",
         failovers.failed.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "lazarus_planned_switchovers_total",
+        "Planned takeovers this daemon completed after the primary stepped down.",
+        failovers.planned.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "lazarus_planned_switchovers_declined_total",
+        "Planned takeovers declined (connections short of the primary's bytes); the primary served on.",
+        failovers.planned_declined.load(Ordering::Relaxed),
+    );
     gauge(
         &mut out,
         "lazarus_last_failover_seconds",
@@ -252,6 +264,9 @@ mod tests {
             retained_bytes: None,
             key_fingerprint: Some(7),
             conns: 3,
+            stepping_down: false,
+            handed_over: false,
+            behind: None,
             stats: lznl::ShadowStats { prompts: 5, auth_forged: 2, ..Default::default() },
         };
         let f = FailoverStats::default();
@@ -270,6 +285,7 @@ mod tests {
         assert_eq!(value(&s, "lazarus_shadow_connections"), Some(3.0));
         assert_eq!(value(&s, "lazarus_failovers_total"), Some(1.0));
         assert_eq!(value(&s, "lazarus_last_failover_seconds"), Some(0.25));
+        assert_eq!(value(&s, "lazarus_planned_switchovers_total"), Some(0.0));
         // Every module counter is exported.
         let counters = s.iter().filter(|(n, _)| n.starts_with("lazarus_shadow_") && n.ends_with("_total")).count();
         assert_eq!(counters, lazarus_proto::genl_shadow::stats_attr::MAX as usize);

@@ -13,7 +13,9 @@
 //! driver: on `peer-failed` it runs the fence command and, only when that exits 0,
 //! takes over. Nothing on that path sleeps or polls: the event wakes a blocked
 //! receive, the fence command is waited for by a blocked `waitid`, and the takeover is
-//! one netlink request.
+//! one netlink request. On `handover-requested` (the primary stepped down for planned
+//! maintenance) it takes over without a fence once every connection has the
+//! primary's bytes, or declines after 5 s and the primary serves on.
 
 use crate::config::{Failover, Shadow};
 use crate::log;
@@ -224,6 +226,11 @@ pub struct FailoverStats {
     pub failed: AtomicU64,
     /// Fence plus takeover of the latest completed failover, in milliseconds.
     pub last_ms: AtomicU64,
+    /// Planned switchovers this node completed (the primary stepped down).
+    pub planned: AtomicU64,
+    /// Planned switchovers it declined (connections short of the primary's bytes, or
+    /// the request withdrawn): the primary then serves on.
+    pub planned_declined: AtomicU64,
 }
 
 /// What the watcher threads share with the main thread.
@@ -366,6 +373,8 @@ fn drive(shared: Arc<Shared>, generation: u64) {
                 log(w);
             } else if ev.is_peer_failed() && takeover_on(&shared) {
                 failover(&shared, generation, &client, &describe_event(&ev));
+            } else if ev.is_handover_requested() && takeover_on(&shared) {
+                planned(&shared, generation, &client);
             } else {
                 log(format!("shadow: {}", describe_event(&ev)));
             }
@@ -406,6 +415,34 @@ fn warning(ev: &ShadowEvent) -> Option<String> {
         ))
     } else {
         None
+    }
+}
+
+/// How long a planned takeover waits for every connection to have the primary's
+/// bytes; well inside the primary's own step-down time (15 s by default), so that it
+/// never serves again while this node takes over.
+const PLANNED_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The primary stepped down (planned switchover): take over once caught up, with no
+/// fence (the primary is alive and silent, and serves on if this declines).
+fn planned(shared: &Shared, generation: u64, client: &ShadowClient) {
+    let _one_at_a_time = shared.running.lock().unwrap_or_else(|p| p.into_inner());
+    if !current(shared, generation) {
+        return;
+    }
+    log("shadow: the primary stepped down: taking over once every connection has its bytes");
+    match client.planned_takeover(PLANNED_CATCH_UP) {
+        Ok(r) => {
+            log(format!(
+                "planned takeover: caught up after {} ms, {} connections in {} ms",
+                r.caught_up_ms, r.conns, r.takeover_ms
+            ));
+            shared.stats.planned.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            log(format!("planned takeover declined: {e}"));
+            shared.stats.planned_declined.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -495,6 +532,9 @@ mod tests {
             retained_bytes: Some(0),
             key_fingerprint: Some(0),
             conns: 2,
+            stepping_down: false,
+            handed_over: false,
+            behind: None,
             stats: Default::default(),
         }
     }

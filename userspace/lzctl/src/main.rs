@@ -4,15 +4,18 @@
 //!
 //! Output is a human table by default and JSON with `-j`, like iproute2. Exit codes:
 //! 0 success, 1 the kernel refused the request, 2 bad usage, 3 the module is not
-//! loaded or netlink failed.
+//! loaded or netlink failed, 4 a planned switchover did not complete (nothing was
+//! lost: the primary serves on).
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lazarus_proto::ports::PortSet;
 use lznl::{
-    Client, ClusterKey, Error, Monitor, PortStats, RawAttr, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStatus,
+    Client, ClusterKey, Error, Monitor, PlannedRefusal, PortStats, RawAttr, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole,
+    ShadowStatus,
 };
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -114,8 +117,30 @@ enum ShadowCmd {
     /// drops every shadowed connection.
     Configure(ConfigureArgs),
     /// Open the output gate and serve every shadowed connection. Fence the primary
-    /// first: it must no longer be able to send on the client segment.
-    Takeover,
+    /// first: it must no longer be able to send on the client segment. With
+    /// --planned, after `step-down` on the primary: no fence is needed.
+    Takeover {
+        /// Planned switchover: the primary has stepped down. Wait until every
+        /// connection has all the client bytes the primary had, then take over.
+        #[arg(long)]
+        planned: bool,
+        /// With --planned: give up (exit 4, nothing lost) if connections are still
+        /// short after this long.
+        #[arg(long, default_value_t = 5000, requires = "planned", value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        catch_up_ms: u64,
+    },
+    /// Planned switchover, on the primary: withhold this node's output for the
+    /// service and ask the backup to take over (`takeover --planned` there, or its
+    /// lazarusd). Waits until the backup serves; if it has not within --timeout-ms,
+    /// this node serves again and the exit code is 4.
+    StepDown {
+        /// How long to wait for the backup before serving again.
+        #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u32).range(1000..=120_000))]
+        timeout_ms: u32,
+        /// Return once the request is made instead of waiting for the outcome.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// List the shadowed connections.
     Conns,
     /// Print shadow events (configuration, peer alive/failed, takeover, retention
@@ -289,6 +314,27 @@ fn shadow_config(args: ConfigureArgs, current_role: impl FnOnce() -> Result<Shad
     })
 }
 
+/// After a step-down: poll until the backup serves (`true`) or the step-down ran out
+/// and this node serves again (`false`). Returns that, the wait in ms, and the
+/// connections this node had.
+fn wait_step_down(c: &ShadowClient, timeout_ms: u32) -> Result<(bool, u64, u32), Failure> {
+    let start = Instant::now();
+    // The module ends the step-down itself at the deadline; the margin covers its
+    // heartbeat thread's next turn.
+    let limit = Duration::from_millis(u64::from(timeout_ms) + 3000);
+    loop {
+        let s = c.status()?;
+        let waited = start.elapsed().as_millis() as u64;
+        if s.handed_over {
+            return Ok((true, waited, s.conns));
+        }
+        if !s.stepping_down || start.elapsed() > limit {
+            return Ok((false, waited, s.conns));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The shadow status, or `None` when the module is not loaded.
 fn shadow_status_if_loaded() -> Result<Option<ShadowStatus>, Failure> {
     match ShadowClient::connect() {
@@ -334,6 +380,15 @@ fn shadow_summary(s: &ShadowStatus) -> Vec<String> {
             (false, peer, _) => format!(" (peer {peer})"),
         };
         out.push(line("fault-tolerant", format!("{}{why}", if ft { "yes" } else { "no" })));
+    }
+    match (s.role(), s.stepping_down, s.handed_over) {
+        (_, _, true) => out.push(line("switchover", "handed over: the backup serves the service, this node is silent")),
+        (Some(ShadowRole::Primary), true, false) => out.push(line("switchover", "stepped down: output withheld, waiting for the backup")),
+        (Some(ShadowRole::Backup), true, _) => {
+            let short = s.behind.map(|n| format!("; {n} connection(s) still short of its bytes")).unwrap_or_default();
+            out.push(line("switchover", format!("the primary asks this node to take over{short}")))
+        }
+        _ => {}
     }
     if s.retained_bytes.is_some() || s.retain_kb.is_some() {
         let kept = s.retained_bytes.map_or("-".to_string(), |b| b.to_string());
@@ -514,12 +569,43 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             c.configure(&config)?;
         }
-        Cmd::Shadow { cmd: ShadowCmd::Takeover } => {
+        Cmd::Shadow { cmd: ShadowCmd::Takeover { planned: false, .. } } => {
             let r = ShadowClient::connect()?.takeover()?;
             if json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 println!("took over {} connection(s) in {} ms", r.conns, r.takeover_ms);
+            }
+        }
+        Cmd::Shadow { cmd: ShadowCmd::Takeover { planned: true, catch_up_ms } } => {
+            let r = ShadowClient::connect()?.planned_takeover(Duration::from_millis(catch_up_ms)).map_err(|e| match e {
+                PlannedRefusal::Netlink(e) => Failure::from(e),
+                e => Failure { code: 4, message: e.to_string() },
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!("caught up after {} ms; took over {} connection(s) in {} ms", r.caught_up_ms, r.conns, r.takeover_ms);
+            }
+        }
+        Cmd::Shadow { cmd: ShadowCmd::StepDown { timeout_ms, no_wait } } => {
+            let c = ShadowClient::connect()?;
+            c.step_down(Some(timeout_ms))?;
+            if no_wait {
+                return Ok(());
+            }
+            let (handed_over, waited_ms, conns) = wait_step_down(&c, timeout_ms)?;
+            if json {
+                println!("{}", json!({"handed_over": handed_over, "waited_ms": waited_ms, "conns": conns}));
+            }
+            if !handed_over {
+                return Err(Failure {
+                    code: 4,
+                    message: format!("the backup did not take over within {timeout_ms} ms: this node serves again"),
+                });
+            }
+            if !json {
+                println!("the backup serves the service after {waited_ms} ms; this node's {conns} connection(s) retired, it stays silent");
             }
         }
         Cmd::Shadow { cmd: ShadowCmd::Conns } => {
@@ -720,6 +806,9 @@ mod tests {
             retained_bytes: Some(0),
             key_fingerprint: Some(0x00c0_ffee_0000_0001),
             conns: 3,
+            stepping_down: false,
+            handed_over: false,
+            behind: None,
             stats: lznl::ShadowStats { parse_errors: 7, retention_overflows: 2, app_lag_reports: 5, ..Default::default() },
         }
     }
@@ -741,6 +830,17 @@ mod tests {
         let open = ShadowStatus { key_fingerprint: Some(0), ..status("backup") };
         assert_eq!(shadow_summary(&open)[10], "  peer link:       NOT authenticated (no cluster key)");
         assert_eq!(shadow_summary(&status("none")).len(), 2);
+        // A planned switchover shows on both sides.
+        let asked = ShadowStatus { stepping_down: true, behind: Some(2), ..status("backup") };
+        assert_eq!(
+            shadow_summary(&asked)[7],
+            "  switchover:      the primary asks this node to take over; 2 connection(s) still short of its bytes"
+        );
+        let down = ShadowStatus { stepping_down: true, ..status("primary") };
+        assert_eq!(shadow_summary(&down)[7], "  switchover:      stepped down: output withheld, waiting for the backup");
+        let gone = ShadowStatus { stepping_down: true, handed_over: true, ..status("primary") };
+        assert_eq!(shadow_summary(&gone)[7], "  switchover:      handed over: the backup serves the service, this node is silent");
+        assert_eq!(shadow_summary(&gone).len(), 12);
         let c = shadow_counters(&status("backup"));
         assert_eq!(c.len(), 1 + 15);
         assert!(c[7].starts_with("    parse-errors") && c[7].contains(" 7    "), "{}", c[7]);
@@ -781,7 +881,7 @@ mod tests {
     #[test]
     fn shadow_status_json_keys() {
         let v = serde_json::to_value(status("primary")).unwrap();
-        for k in ["role", "heartbeat_ms", "max_conns", "gate_open", "peer_state", "conns"] {
+        for k in ["role", "heartbeat_ms", "max_conns", "gate_open", "peer_state", "conns", "stepping_down", "handed_over", "behind"] {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert_eq!(v["retain_kb"], 16384);

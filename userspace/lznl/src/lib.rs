@@ -7,7 +7,10 @@
 pub mod attrs;
 mod shadow;
 
-pub use shadow::{conn_flags, ClusterKey, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStats, ShadowStatus, TakeoverReply};
+pub use shadow::{
+    conn_flags, ClusterKey, PlannedRefusal, PlannedTakeover, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStats,
+    ShadowStatus, TakeoverReply,
+};
 
 use attrs::{AttrIter, Attrs};
 use lazarus_proto::genl_core::{self as spec, cmd, core_attr as a, port_stats_attr as ps};

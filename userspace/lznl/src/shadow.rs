@@ -216,6 +216,14 @@ pub struct ShadowStatus {
     pub key_fingerprint: Option<u64>,
     /// Connections in the table.
     pub conns: u32,
+    /// Planned switchover. Primary: it stepped down (its output is withheld).
+    /// Backup: its primary asks it to take over.
+    pub stepping_down: bool,
+    /// Primary: its backup took over after it stepped down.
+    pub handed_over: bool,
+    /// Backup: connections still short of client bytes the primary had; a planned
+    /// takeover waits for 0.
+    pub behind: Option<u32>,
     pub stats: ShadowStats,
 }
 
@@ -245,6 +253,9 @@ impl ShadowStatus {
             retained_bytes: r.u64(a::RETAINED_BYTES),
             key_fingerprint: r.u64(a::KEY_FINGERPRINT),
             conns: r.u32(a::CONNS).ok_or(Error::Reply("conns"))?,
+            stepping_down: r.u8(a::STEPPING_DOWN).is_some_and(|v| v != 0),
+            handed_over: r.u8(a::HANDED_OVER).is_some_and(|v| v != 0),
+            behind: r.u32(a::BEHIND),
             stats: ShadowStats::from_nest(r.get(a::STATS).ok_or(Error::Reply("stats"))?)?,
         })
     }
@@ -393,6 +404,55 @@ pub struct TakeoverReply {
     pub takeover_ms: u32,
 }
 
+/// A planned takeover that went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlannedTakeover {
+    /// Connections now served by this node.
+    pub conns: u32,
+    /// Time the takeover itself took in the kernel (gate, prompts).
+    pub takeover_ms: u32,
+    /// From the request to the moment no connection was short of the primary's bytes.
+    pub caught_up_ms: u32,
+}
+
+/// Why a planned takeover did not happen. The primary then serves again when its
+/// step-down time runs out: nothing is lost either way.
+#[derive(Debug)]
+pub enum PlannedRefusal {
+    /// Netlink failed, or the kernel refused the takeover.
+    Netlink(Error),
+    /// This node is not a backup with its gate closed.
+    NotBackup,
+    /// The primary's heartbeats do not ask for a takeover (not stepped down, or its
+    /// step-down ran out).
+    NotAsked,
+    /// Some connections were still short of client bytes the primary had.
+    Behind { conns: u32, waited_ms: u32 },
+}
+
+impl fmt::Display for PlannedRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlannedRefusal::Netlink(e) => write!(f, "{e}"),
+            PlannedRefusal::NotBackup => f.write_str("this node is not a backup waiting to take over"),
+            PlannedRefusal::NotAsked => {
+                f.write_str("the primary has not stepped down (or its step-down ran out): run `lzctl shadow step-down` on it first")
+            }
+            PlannedRefusal::Behind { conns, waited_ms } => write!(
+                f,
+                "{conns} connection(s) still short of client bytes the primary had after {waited_ms} ms: \
+                 not taking over (the primary serves again when its step-down time runs out)"
+            ),
+        }
+    }
+}
+
+impl From<Error> for PlannedRefusal {
+    fn from(e: Error) -> Self {
+        PlannedRefusal::Netlink(e)
+    }
+}
+
 /// One shadowed connection (a `conn-get` dump entry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShadowConn {
@@ -468,7 +528,8 @@ impl ShadowConn {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShadowEvent {
     /// `configured`, `deconfigured`, `peer-alive`, `peer-failed`, `takeover`,
-    /// `retention-overflow` or `app-lag`.
+    /// `retention-overflow`, `app-lag`, `handover-requested`, `handed-over` or
+    /// `step-down-expired`.
     pub event: String,
     /// The wire value of `event` (see `lazarus_proto::genl_shadow::event`).
     #[serde(skip)]
@@ -507,6 +568,11 @@ impl ShadowEvent {
     /// the backup and is not fault-tolerant until reconfigured.
     pub fn is_retention_overflow(&self) -> bool {
         self.code == spec::event::RETENTION_OVERFLOW
+    }
+
+    /// The primary stepped down and asks this backup to take over (planned).
+    pub fn is_handover_requested(&self) -> bool {
+        self.code == spec::event::HANDOVER_REQUESTED
     }
 
     /// This node's program lags its twin's output beyond the configured limits.
@@ -566,6 +632,48 @@ impl ShadowClient {
             conns: r.u32(a::CONNS).ok_or(Error::Reply("conns"))?,
             takeover_ms: r.u32(a::TAKEOVER_MS).ok_or(Error::Reply("takeover-ms"))?,
         })
+    }
+
+    /// Planned switchover, on the primary: withhold the service's output and ask the
+    /// backup to take over; serve again if it has not within `timeout_ms` (the
+    /// module's default when `None`).
+    pub fn step_down(&self, timeout_ms: Option<u32>) -> Result<(), Error> {
+        let attrs: Vec<RawAttr> = timeout_ms.map(|ms| RawAttr::u32(a::STEP_DOWN_MS, ms)).into_iter().collect();
+        self.genl.request(cmd::STEP_DOWN, &attrs, false).map(drop)
+    }
+
+    /// Planned switchover, on the backup, once the primary has stepped down: wait
+    /// until every connection has all the client bytes the primary had (at most
+    /// `catch_up`), then take over. Without a fence: the primary is silent, not dead,
+    /// and keeps answering resend requests meanwhile, so nothing is lost.
+    pub fn planned_takeover(&self, catch_up: std::time::Duration) -> Result<PlannedTakeover, PlannedRefusal> {
+        use std::time::{Duration, Instant};
+        let start = Instant::now();
+        let s = self.status()?;
+        if s.role() != Some(ShadowRole::Backup) || s.gate_open {
+            return Err(PlannedRefusal::NotBackup);
+        }
+        if !s.stepping_down {
+            return Err(PlannedRefusal::NotAsked);
+        }
+        // Two intervals: the primary's reports sent after it went silent (they say
+        // how far it had each client) have arrived by then.
+        std::thread::sleep(Duration::from_millis(2 * u64::from(s.heartbeat_ms.unwrap_or(100))));
+        loop {
+            let s = self.status()?;
+            if !s.stepping_down {
+                return Err(PlannedRefusal::NotAsked);
+            }
+            let waited_ms = start.elapsed().as_millis().min(u32::MAX as u128) as u32;
+            match s.behind {
+                Some(0) | None => {
+                    let r = self.takeover()?;
+                    return Ok(PlannedTakeover { conns: r.conns, takeover_ms: r.takeover_ms, caught_up_ms: waited_ms });
+                }
+                Some(conns) if start.elapsed() >= catch_up => return Err(PlannedRefusal::Behind { conns, waited_ms }),
+                Some(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
     }
 
     /// The connection table.
