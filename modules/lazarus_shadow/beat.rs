@@ -19,6 +19,7 @@ use super::lzk::proto::flowtab::FlowKey;
 use super::link::{Link, Received, MAX_DATAGRAM};
 use super::lzk::proto::auth::Key;
 use super::lzk::proto::progress::{self, flag};
+use super::lzk::proto::ratelimit::{Gate, LogLimit};
 use super::lzk::tcp::EstablishedSock;
 use super::sync::{Lag, Sync};
 use super::lzk::proto::genl_shadow::{self as spec, cmd, event, peer_state, role, shadow_attr as a};
@@ -37,6 +38,28 @@ const GC_INTERVAL_MS: u64 = 1000;
 /// so a look a second is enough, and doing it every heartbeat cost a busy node a
 /// large share of its CPU with a thousand connections.
 const LOST_CHECK_INTERVAL_MS: u64 = 1000;
+
+/// Budgets of the log lines the network or the peer can repeat at will: a flapping
+/// link, many connections lagging or reset at once. The events themselves still go
+/// to the events group and the counters, every one of them.
+struct Logs {
+    peer: LogLimit,
+    lag: LogLimit,
+    reset: LogLimit,
+    rst: LogLimit,
+}
+
+impl Logs {
+    fn new() -> Self {
+        const WINDOW_MS: u64 = 10_000;
+        Logs {
+            peer: LogLimit::new(WINDOW_MS, 6),
+            lag: LogLimit::new(WINDOW_MS, 3),
+            reset: LogLimit::new(WINDOW_MS, 5),
+            rst: LogLimit::new(WINDOW_MS, 3),
+        }
+    }
+}
 
 pub(crate) struct Beater {
     pub(crate) sock: Socket,
@@ -104,7 +127,7 @@ impl Beater {
 }
 
 impl Beater {
-    fn report(&self, link: &mut Link<'_>, now: u64, interval_ms: u64) {
+    fn report(&self, link: &mut Link<'_>, now: u64, interval_ms: u64, logs: &mut Logs) {
         // A primary whose backup took over from it has nothing left to report.
         if self.shared.peer_state.load(Ordering::Relaxed) == peer_state::FAILED || self.shared.handed_over.load(Ordering::Relaxed) {
             return;
@@ -112,13 +135,13 @@ impl Beater {
         let mut lags = KVec::new();
         self.sync.report(&self.shared, link, now, interval_ms, &mut lags);
         for l in lags.iter() {
-            self.lagging(l);
+            self.lagging(l, now, logs);
         }
     }
 
     /// A backup that took over resets the connections that lost client bytes with
     /// the old primary, rather than leave them hanging.
-    fn reset_lost(&self, now: u64) {
+    fn reset_lost(&self, now: u64, logs: &mut Logs) {
         let s = &*self.shared;
         if self.sync.role != Role::Backup || !s.gate_open.load(Ordering::Relaxed) {
             return;
@@ -127,11 +150,14 @@ impl Beater {
         self.sync.lost_after_takeover(s, now, &mut lost);
         for k in lost.iter() {
             if let Some(sk) = EstablishedSock::lookup(super::lzk::net::Net::init(), (k.client, k.client_port), (self.vip, self.port)) {
-                pr_warn!(
-                    "resetting {}:{}: client bytes acknowledged by the old primary never reached this node\n",
-                    Ipv4Addr(k.client),
-                    k.client_port
-                );
+                if let Gate::Print(more) = logs.reset.check(now) {
+                    pr_warn!(
+                        "resetting {}:{}: client bytes acknowledged by the old primary never reached this node{}\n",
+                        Ipv4Addr(k.client),
+                        k.client_port,
+                        more
+                    );
+                }
                 sk.abort();
                 bump(&s.stats.conns_reset);
             }
@@ -169,8 +195,10 @@ impl Beater {
         self.notify(event::STEP_DOWN_EXPIRED, None);
     }
 
-    fn lagging(&self, l: &Lag) {
-        pr_warn!("this node's program lags its twin's by {} bytes on a connection\n", l.bytes);
+    fn lagging(&self, l: &Lag, now: u64, logs: &mut Logs) {
+        if let Gate::Print(more) = logs.lag.check(now) {
+            pr_warn!("this node's program lags its twin's by {} bytes on a connection{}\n", l.bytes, more);
+        }
         self.notify_lag(event::APP_LAG, None, Some(l.bytes));
     }
 
@@ -179,7 +207,7 @@ impl Beater {
     /// go straight to the device, to the client's link address (the TCP that made
     /// them has forgotten the connection), under the table lock: sending from here
     /// never re-enters this module's hooks.
-    fn release_rsts(&self, now: u64) {
+    fn release_rsts(&self, now: u64, logs: &mut Logs) {
         let s = &*self.shared;
         let max_delay = s.max_delay_fin_ms.load(Ordering::Relaxed) as u64;
         let peer_gone = s.peer_state.load(Ordering::Relaxed) == peer_state::FAILED;
@@ -200,7 +228,9 @@ impl Beater {
                         c.rst.release();
                         if let (Some(skb), Some(mac)) = (c.held_rst.take(), c.client_mac) {
                             if skb.send_copy(&self.sync.dev, mac).is_err() {
-                                pr_warn!("a held RST could not be sent\n");
+                                if let Gate::Print(more) = logs.rst.check(now) {
+                                    pr_warn!("a held RST could not be sent{}\n", more);
+                                }
                             }
                         }
                     })
@@ -236,6 +266,7 @@ impl ThreadBody for Beater {
         // One byte more than the largest datagram, so that an oversized one shows.
         let mut buf = [0u8; MAX_DATAGRAM + 1];
         let mut overflow_handled = false;
+        let mut logs = Logs::new();
         while !kthread::should_stop() {
             let interval = s.heartbeat_ms.load(Ordering::Relaxed).max(1);
             let want = (interval / 4).max(2);
@@ -251,13 +282,13 @@ impl ThreadBody for Beater {
                 }
                 next_send = now + interval as u64;
                 s.urgent.store(false, Ordering::Relaxed);
-                self.report(&mut link, now, interval as u64);
+                self.report(&mut link, now, interval as u64, &mut logs);
                 if now >= next_lost_check {
-                    self.reset_lost(now);
+                    self.reset_lost(now, &mut logs);
                     next_lost_check = now + LOST_CHECK_INTERVAL_MS;
                 }
             } else if s.urgent.swap(false, Ordering::Relaxed) {
-                self.report(&mut link, now, interval as u64);
+                self.report(&mut link, now, interval as u64, &mut logs);
             }
             match link.recv(&mut buf, &s.stats) {
                 Ok(Received::Peer(n)) if progress::is_progress(&buf[..n]) => {
@@ -285,18 +316,23 @@ impl ThreadBody for Beater {
             match det.tick(now, interval) {
                 PeerState::Alive if before != peer_state::ALIVE => {
                     s.peer_state.store(peer_state::ALIVE, Ordering::Relaxed);
-                    pr_info!("peer {} alive\n", Ipv4Addr(self.peer.addr.0));
+                    if let Gate::Print(more) = logs.peer.check(now) {
+                        pr_info!("peer {} alive{}\n", Ipv4Addr(self.peer.addr.0), more);
+                    }
                     self.notify(event::PEER_ALIVE, det.silence_ms(now));
                 }
                 PeerState::JustFailed => {
                     s.peer_state.store(peer_state::FAILED, Ordering::Relaxed);
                     let silence = det.silence_ms(now);
-                    pr_warn!(
-                        "peer {} failed: no heartbeat for {} ms (interval {} ms)\n",
-                        Ipv4Addr(self.peer.addr.0),
-                        silence.unwrap_or(0),
-                        interval
-                    );
+                    if let Gate::Print(more) = logs.peer.check(now) {
+                        pr_warn!(
+                            "peer {} failed: no heartbeat for {} ms (interval {} ms){}\n",
+                            Ipv4Addr(self.peer.addr.0),
+                            silence.unwrap_or(0),
+                            interval,
+                            more
+                        );
+                    }
                     self.notify(event::PEER_FAILED, silence);
                     // Nothing kept can reach a dead backup; the connections open now
                     // stay unprotected even if it comes back (it missed their bytes).
@@ -323,7 +359,7 @@ impl ThreadBody for Beater {
                 self.expire_step_down("the backup did not take over in time");
             }
             if s.rsts_holding.load(Ordering::Relaxed) > 0 {
-                self.release_rsts(now);
+                self.release_rsts(now, &mut logs);
             }
             if now >= next_gc {
                 s.collect_garbage(now);

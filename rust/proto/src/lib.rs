@@ -24,6 +24,7 @@ pub mod genl_shadow;
 pub mod packet;
 pub mod ports;
 pub mod progress;
+pub mod ratelimit;
 pub mod seq;
 pub mod sha256;
 pub mod shadow;
