@@ -11,8 +11,8 @@ Everything fails loudly: a guest that does not boot, a command that times out, a
 kernel warning, oops or lockdep report in any guest's log.
 """
 import hashlib
-import re
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -60,6 +60,7 @@ class Guest:
         os.makedirs(self.share)
         self.proc = None
         self.n = 0
+        self.boots = 0
         self.fenced = False
         self.log = open(os.path.join(self.share, "vng.log"), "w")
 
@@ -129,9 +130,28 @@ class Guest:
             self.proc.wait(timeout=30)
         self.fenced = True
 
+    def restart(self, timeout=180):
+        """Boot a fenced guest again, like a failed node coming back: a fresh kernel
+        with nothing loaded and an empty command queue. The kernel log of the earlier
+        boot is kept (dmesg.bootN.log) and still checked for trouble."""
+        if self.proc and self.proc.poll() is None:
+            raise BenchError(f"guest {self.index} is still running")
+        self.boots += 1
+        log = os.path.join(self.share, "dmesg.log")
+        if os.path.exists(log):
+            os.rename(log, os.path.join(self.share, f"dmesg.boot{self.boots}.log"))
+        for name in os.listdir(self.share):
+            if name == "ready" or re.fullmatch(r"\.?(cmd|out|err|rc)\.\d+(\.tmp)?", name):
+                os.remove(os.path.join(self.share, name))
+        self.n = 0
+        self.fenced = False
+        self.start(append=self.bench.append, nic_opts=self.bench.nic_opts)
+        self.wait_ready(timeout)
+
     def kernel_trouble(self):
-        log = self.read("dmesg.log")
-        return [l for l in log.splitlines() if any(t in l for t in KERNEL_TROUBLE)]
+        logs = sorted(n for n in os.listdir(self.share) if n.startswith("dmesg.")) if os.path.isdir(self.share) else []
+        text = "\n".join(self.read(n) for n in logs)
+        return [l for l in text.splitlines() if any(t in l for t in KERNEL_TROUBLE)]
 
     def insmod(self, module="lazarus_core"):
         self.run(f"insmod {self.bench.modules}/{module}/{module}.ko")

@@ -300,6 +300,75 @@ def test_planned_switchover_loses_no_connection():
         check_get(result(client(b, "get", VIP, PORT, 1_000_000, 43)), 1_000_000)
 
 
+def test_a_failed_primary_comes_back_as_backup_and_the_pair_is_protected_again():
+    """The cycle an operator goes through: the primary dies and the backup takes over;
+    the failed node boots again and joins as the new backup; once the connections the
+    survivor took over have ended, lazarusd configures the survivor afresh as primary
+    (its file says so); and the pair survives the next failure, of the other node
+    this time."""
+    with Bench(2, name="lzrj", hub=True) as b:
+        first, second = setup_pair(b)
+        chat = client(b, "chat", VIP, PORT, 600, "--interval", 0.025)
+        get = client(b, "get", VIP, PORT, 6_000_000, 51, "--rate", 3_000_000)
+        time.sleep(1.0)
+        first.fence()
+        wait_for("the backup to see the primary fail", lambda: status(second)["peer_state"] == "failed")
+        t = json.loads(second.out(f"{LZCTL} -j shadow takeover"))
+        print("first takeover:", t)
+        check_get(result(get), 6_000_000)
+        st = status(second)
+        assert st["took_over"] is True and st["translating"] >= 1, st
+        # The chat still needs the survivor's translation: deconfiguring is refused.
+        rc, out, err = second.run(f"{LZCTL} shadow configure --role none", check=False)
+        assert rc == 1 and "still open" in err, (rc, out, err)
+        # The operator's file now makes the survivor the primary, with the failed node
+        # as its backup: lazarusd configures it afresh once the chat has ended.
+        second.start_lazarusd(f'[shadow]\nrole = "primary"\nservice = "{VIP}:{PORT}"\npeer = "{first.addr}"\n'
+                              f'dev = "lz0"\nheartbeat_ms = {HEARTBEAT_MS}\nkey_file = "{KEY_FILE}"',
+                              ready="re-arm as primary waits for")
+
+        # The failed node boots again and joins as backup, before it has the address.
+        first.restart()
+        first.insmod("lazarus_shadow")
+        start_lzserver(first)
+        write_key(first)
+        first.run(f"{LZCTL} shadow configure --role backup --service {VIP}:{PORT} --peer {second.addr} "
+                  f"--dev lz0 --heartbeat-ms {HEARTBEAT_MS} --key-file {KEY_FILE}")
+        first.run(f"ip addr add {VIP}/32 dev lz0")
+        check_chat(result(chat), 600)
+        wait_for("lazarusd to re-arm the survivor", lambda: "shadow: re-armed" in second.out("cat /tmp/lzd.log"), timeout=30)
+        print(second.out("cat /tmp/lzd.log"))
+        st = status(second)
+        assert st["role"] == "primary" and st["took_over"] is False and st["gate_open"], st
+        for g in (first, second):
+            wait_for(f"guest {g.index} to see its peer alive", lambda g=g: status(g)["peer_state"] == "alive")
+        wait_for("the new primary to be fault-tolerant", lambda: status(second)["fault_tolerant"], timeout=10)
+
+        # Protected again: the new primary dies in the middle of transfers.
+        get_n, put_n, lines = 9_000_000, 4_500_000, 120
+        clients = [
+            ("get", client(b, "get", VIP, PORT, get_n, 52, "--rate", 3_000_000), get_n),
+            ("put", client(b, "put", VIP, PORT, put_n, 53, "--rate", 1_500_000), put_n),
+            ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
+        ]
+        time.sleep(1.5)
+        second.fence()
+        wait_for("the new backup to see the new primary fail", lambda: status(first)["peer_state"] == "failed")
+        t = json.loads(first.out(f"{LZCTL} -j shadow takeover"))
+        print("second takeover:", t)
+        assert t["conns"] >= 3, t
+        try:
+            results = {name: result(p) for name, p, _ in clients}
+        except AssertionError:
+            print(diagnose(first))
+            raise
+        for name, _, n in clients:
+            {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
+        print("client stalls after the second failure:", {k: v["max_gap_s"] for k, v in results.items()})
+        st = status(first)
+        assert st["role"] == "primary" and st["gate_open"] and st["stats"]["conns_reset"] == 0, st
+
+
 NGINX_MB = 48
 
 

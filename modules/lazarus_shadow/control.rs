@@ -184,6 +184,13 @@ impl Control {
             if let (true, Some(l)) = (backup, live.as_ref()) {
                 m.put_u32(a::BEHIND, takeover::behind(s, req.net(), l.config.vip, l.config.port))?;
             }
+            if let Some(l) = live.as_ref() {
+                let took_over = l.config.role == role::BACKUP && s.gate_open.load(Ordering::Relaxed);
+                m.put_u8(a::TOOK_OVER, took_over as u8)?;
+                if took_over {
+                    m.put_u32(a::TRANSLATING, takeover::translating(s, now_ms()))?;
+                }
+            }
             put_stats(m, &s.stats)
         })
     }

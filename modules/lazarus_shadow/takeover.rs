@@ -22,6 +22,7 @@ use super::lzk::net::Net;
 use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::genl_shadow::role;
 use super::lzk::proto::seq::Seq;
+use super::lzk::proto::shadow::Mapping;
 use super::lzk::tcp::EstablishedSock;
 use super::{now_ms, Live, Shared};
 use core::sync::atomic::Ordering;
@@ -175,4 +176,29 @@ pub(crate) fn retire(shared: &Shared, net: &Net, vip: [u8; 4], port: u16) -> u32
         }
     }
     retired
+}
+
+/// A finished connection still counts as translated this long after its last segment:
+/// the last ACKs of its close (and their retransmissions) carry translated numbers too.
+const CLOSE_GRACE_MS: u64 = 5000;
+
+/// On a node that took over: the connections it took over that still need their
+/// numbers translated (see the `translating` status attribute). Any context.
+pub(crate) fn translating(shared: &Shared, now: u64) -> u32 {
+    let mut n = 0u32;
+    let mut cursor = Some(0usize);
+    while let Some(from) = cursor {
+        cursor = shared
+            .with_table(|t| {
+                t.walk(from, BATCH, |_, _, c| {
+                    let translated = c.shadow.mapping().is_some_and(|m| m != Mapping::IDENTITY);
+                    let over = c.finished() && now.saturating_sub(c.last_ms) > CLOSE_GRACE_MS;
+                    if translated && !over {
+                        n += 1;
+                    }
+                })
+            })
+            .flatten();
+    }
+    n
 }

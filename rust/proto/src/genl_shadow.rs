@@ -107,7 +107,11 @@ pub mod shadow_attr {
     pub const HANDED_OVER: u16 = 29;
     /// Backup: connections whose TCP is still short of client bytes the primary had (its last report, or its last acknowledgment on the wire). A planned takeover waits for 0.
     pub const BEHIND: u16 = 30;
-    pub const MAX: u16 = 30;
+    /// 1 on a node configured as backup that has taken over: it serves the service and keeps a backup's hooks and peer-link role until it is configured afresh.
+    pub const TOOK_OVER: u16 = 31;
+    /// On a node that took over: connections it took over that are still open. Their numbers are translated by this module for the rest of their life, so deconfiguring (to configure this node afresh as primary) breaks them until this is 0. Connections accepted after the takeover need no translation.
+    pub const TRANSLATING: u16 = 32;
+    pub const MAX: u16 = 32;
 }
 
 /// Attributes of the `stats` set.
@@ -229,6 +233,8 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: shadow_attr::STEPPING_DOWN, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
     AttrPolicy { id: shadow_attr::HANDED_OVER, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
     AttrPolicy { id: shadow_attr::BEHIND, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: shadow_attr::TOOK_OVER, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
+    AttrPolicy { id: shadow_attr::TRANSLATING, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
 ];
 
 /// Command numbers.

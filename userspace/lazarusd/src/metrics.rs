@@ -267,6 +267,8 @@ mod tests {
             stepping_down: false,
             handed_over: false,
             behind: None,
+            took_over: false,
+            translating: None,
             stats: lznl::ShadowStats { prompts: 5, auth_forged: 2, ..Default::default() },
         };
         let f = FailoverStats::default();

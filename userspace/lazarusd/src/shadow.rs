@@ -37,7 +37,16 @@ pub enum Plan {
     Configure(ShadowConfig),
     /// A live service differs in more than its heartbeat interval.
     Refuse(String),
+    /// This node took over as backup and the file now makes it the primary: configure
+    /// it afresh (role none, then the full configure) once no connection it took
+    /// over needs its translation any more.
+    Rearm(ShadowConfig),
 }
+
+/// Bumped by every apply: a re-arm still waiting from an earlier one gives up.
+static REARM_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// How often a waiting re-arm looks at the module again.
+const REARM_POLL: Duration = Duration::from_secs(1);
 
 fn show<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map_or("unset".to_string(), |v| v.to_string())
@@ -50,6 +59,9 @@ pub fn plan(current: &ShadowStatus, want: &Shadow) -> Plan {
         Some(r) => r,
         None => return Plan::Refuse(format!("the module reports an unknown role \"{}\"; leaving it alone", current.role)),
     };
+    if current.took_over && want.role == ShadowRole::Primary {
+        return Plan::Rearm(want.request());
+    }
     let mut diffs = Vec::new();
     // A backup that took over serves the same service as primary: the file still
     // describes it.
@@ -136,6 +148,8 @@ pub fn prepare(want: &Shadow) -> Result<(ShadowClient, Plan), ApplyError> {
 
 /// Carry out a plan from [`prepare`].
 pub fn execute(client: &ShadowClient, plan: &Plan, want: &Shadow) -> Result<(), ApplyError> {
+    // Whatever this apply does replaces a re-arm still waiting from an earlier one.
+    let generation = REARM_GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
     match plan {
         Plan::Keep => {}
         Plan::Heartbeat { from, request } => {
@@ -161,8 +175,53 @@ pub fn execute(client: &ShadowClient, plan: &Plan, want: &Shadow) -> Result<(), 
             ));
         }
         Plan::Refuse(m) => return Err(ApplyError::Refused(m.clone())),
+        Plan::Rearm(request) => {
+            let (request, want) = (request.clone(), want.clone());
+            std::thread::spawn(move || rearm(generation, &request, &want));
+        }
     }
     Ok(())
+}
+
+/// Configure a node that took over afresh as primary, once none of the connections
+/// it took over needs its translation (deconfiguring would break them). Waits as long
+/// as that takes, unless a later apply replaces it.
+fn rearm(generation: u64, request: &ShadowConfig, want: &Shadow) {
+    let mut told = None;
+    loop {
+        if REARM_GENERATION.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        let open = ShadowClient::connect().and_then(|c| Ok((c.status()?, c)));
+        match open {
+            Ok((s, _)) if !s.took_over => {
+                log("shadow: re-arm as primary: the module is no longer a node that took over; nothing to do");
+                return;
+            }
+            Ok((s, c)) if s.translating.unwrap_or(0) == 0 => {
+                let done = c.deconfigure().and_then(|_| c.configure(request));
+                match done {
+                    Ok(()) => log(format!(
+                        "shadow: re-armed: primary of {} again, backup {} (connections accepted from now on are protected)",
+                        want.service, want.peer
+                    )),
+                    Err(e) => log(format!("shadow: re-arm as primary failed: {e}; fix and reload")),
+                }
+                return;
+            }
+            Ok((s, _)) => {
+                let n = s.translating.unwrap_or(0);
+                if told != Some(n) {
+                    log(format!(
+                        "shadow: re-arm as primary waits for {n} taken-over connection(s) to end (they need this node's translation)"
+                    ));
+                    told = Some(n);
+                }
+            }
+            Err(e) => log(format!("shadow: re-arm as primary: {e}; trying again")),
+        }
+        std::thread::sleep(REARM_POLL);
+    }
 }
 
 /// Run the fence command; `Ok` with its duration only when it exits 0 within
@@ -535,6 +594,8 @@ mod tests {
             stepping_down: false,
             handed_over: false,
             behind: None,
+            took_over: false,
+            translating: None,
             stats: Default::default(),
         }
     }
@@ -576,6 +637,19 @@ mod tests {
         let mut w = want();
         w.role = ShadowRole::Primary;
         assert!(matches!(plan(&live(), &w), Plan::Refuse(m) if m.contains("role backup (file: primary)")));
+    }
+
+    #[test]
+    fn a_node_that_took_over_is_rearmed_when_the_file_makes_it_primary() {
+        let took_over = ShadowStatus { role: "primary".into(), gate_open: true, took_over: true, translating: Some(2), ..live() };
+        let primary = Shadow { role: ShadowRole::Primary, peer: "10.77.0.13".parse().unwrap(), ..want() };
+        // Even with a new peer: the configure is a fresh one.
+        assert_eq!(plan(&took_over, &primary), Plan::Rearm(primary.request()));
+        // While the file still says backup, the survivor is kept as it is.
+        assert_eq!(plan(&took_over, &want()), Plan::Keep);
+        // A primary that never took over is not re-armed: other settings are compared.
+        let native = ShadowStatus { role: "primary".into(), gate_open: true, ..live() };
+        assert!(matches!(plan(&native, &primary), Plan::Refuse(_)));
     }
 
     #[test]

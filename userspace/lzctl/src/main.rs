@@ -194,6 +194,10 @@ struct ConfigureArgs {
     /// on both nodes: heartbeats and progress reports are then authenticated.
     #[arg(long, value_name = "PATH")]
     key_file: Option<std::path::PathBuf>,
+    /// With --role none on a node that took over: deconfigure even though
+    /// connections it took over are still open (they break).
+    #[arg(long)]
+    force: bool,
 }
 
 /// A role as given on the command line.
@@ -381,6 +385,15 @@ fn shadow_summary(s: &ShadowStatus) -> Vec<String> {
         };
         out.push(line("fault-tolerant", format!("{}{why}", if ft { "yes" } else { "no" })));
     }
+    if s.took_over {
+        let n = s.translating.unwrap_or(0);
+        let what = if n == 0 {
+            "no taken-over connection left: configure afresh as primary to take a backup".to_string()
+        } else {
+            format!("{n} taken-over connection(s) still translated; configure afresh as primary once none")
+        };
+        out.push(line("took over", what));
+    }
     match (s.role(), s.stepping_down, s.handed_over) {
         (_, _, true) => out.push(line("switchover", "handed over: the backup serves the service, this node is silent")),
         (Some(ShadowRole::Primary), true, false) => out.push(line("switchover", "stepped down: output withheld, waiting for the backup")),
@@ -558,6 +571,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Shadow { cmd: ShadowCmd::Configure(args) } => {
             // Arguments are checked before the kernel is asked anything; the current
             // role is read only when --role is omitted.
+            let force = args.force;
             let mut client = None;
             let config = shadow_config(args, || {
                 let s = client.insert(ShadowClient::connect()?).status()?;
@@ -567,6 +581,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(c) => c,
                 None => ShadowClient::connect()?,
             };
+            if config.role == ShadowRole::None && !force {
+                if let Some(n) = c.status()?.translating.filter(|&n| n > 0) {
+                    return Err(Failure {
+                        code: 1,
+                        message: format!(
+                            "{n} connection(s) this node took over are still open and need this module's translation: \
+                             deconfiguring now would break them. Wait until `lzctl shadow status` shows none, or give --force"
+                        ),
+                    });
+                }
+            }
             c.configure(&config)?;
         }
         Cmd::Shadow { cmd: ShadowCmd::Takeover { planned: false, .. } } => {
@@ -809,6 +834,8 @@ mod tests {
             stepping_down: false,
             handed_over: false,
             behind: None,
+            took_over: false,
+            translating: None,
             stats: lznl::ShadowStats { parse_errors: 7, retention_overflows: 2, app_lag_reports: 5, ..Default::default() },
         }
     }
@@ -841,6 +868,11 @@ mod tests {
         let gone = ShadowStatus { stepping_down: true, handed_over: true, ..status("primary") };
         assert_eq!(shadow_summary(&gone)[7], "  switchover:      handed over: the backup serves the service, this node is silent");
         assert_eq!(shadow_summary(&gone).len(), 12);
+        let survivor = ShadowStatus { took_over: true, translating: Some(3), ..status("primary") };
+        assert_eq!(
+            shadow_summary(&survivor)[7],
+            "  took over:       3 taken-over connection(s) still translated; configure afresh as primary once none"
+        );
         let c = shadow_counters(&status("backup"));
         assert_eq!(c.len(), 1 + 15);
         assert!(c[7].starts_with("    parse-errors") && c[7].contains(" 7    "), "{}", c[7]);
@@ -881,7 +913,7 @@ mod tests {
     #[test]
     fn shadow_status_json_keys() {
         let v = serde_json::to_value(status("primary")).unwrap();
-        for k in ["role", "heartbeat_ms", "max_conns", "gate_open", "peer_state", "conns", "stepping_down", "handed_over", "behind"] {
+        for k in ["role", "heartbeat_ms", "max_conns", "gate_open", "peer_state", "conns", "stepping_down", "handed_over", "behind", "took_over", "translating"] {
             assert!(v.get(k).is_some(), "{k}");
         }
         assert_eq!(v["retain_kb"], 16384);

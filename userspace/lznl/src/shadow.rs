@@ -224,6 +224,12 @@ pub struct ShadowStatus {
     /// Backup: connections still short of client bytes the primary had; a planned
     /// takeover waits for 0.
     pub behind: Option<u32>,
+    /// Configured as backup and has taken over: serves the service, but keeps a
+    /// backup's hooks and peer-link role until configured afresh.
+    pub took_over: bool,
+    /// After a takeover: connections taken over that are still open. Deconfiguring
+    /// breaks them; configure this node afresh as primary once this is 0.
+    pub translating: Option<u32>,
     pub stats: ShadowStats,
 }
 
@@ -256,6 +262,8 @@ impl ShadowStatus {
             stepping_down: r.u8(a::STEPPING_DOWN).is_some_and(|v| v != 0),
             handed_over: r.u8(a::HANDED_OVER).is_some_and(|v| v != 0),
             behind: r.u32(a::BEHIND),
+            took_over: r.u8(a::TOOK_OVER).is_some_and(|v| v != 0),
+            translating: r.u32(a::TRANSLATING),
             stats: ShadowStats::from_nest(r.get(a::STATS).ok_or(Error::Reply("stats"))?)?,
         })
     }
