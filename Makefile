@@ -76,7 +76,7 @@ ZSH_COMPLETIONDIR ?= $(PREFIX)/share/zsh/site-functions
 DOCDIR ?= $(PREFIX)/share/doc/lazarus
 CONFDIR := /etc/lazarus
 KMODS := lazarus_core lazarus_shadow
-INSTALL_DOCS := docs/architecture.md docs/shadow-operations.md docs/troubleshooting.md docs/netlink.md docs/development.md
+INSTALL_DOCS := docs/architecture.md docs/deployment.md docs/shadow-operations.md docs/troubleshooting.md docs/netlink.md docs/development.md
 GENERATED := target/dist
 
 install: modules userspace
@@ -101,7 +101,7 @@ install: modules userspace
 	install -D -m 0644 $(GENERATED)/lzctl.bash "$(DESTDIR)$(BASH_COMPLETIONDIR)/lzctl"
 	install -D -m 0644 $(GENERATED)/_lzctl "$(DESTDIR)$(ZSH_COMPLETIONDIR)/_lzctl"
 	install -d -m 0755 "$(DESTDIR)$(DOCDIR)"
-	install -m 0644 $(INSTALL_DOCS) dist/lazarus.toml.example "$(DESTDIR)$(DOCDIR)/"
+	install -m 0644 $(INSTALL_DOCS) dist/lazarus.toml.example dist/cluster.toml.example "$(DESTDIR)$(DOCDIR)/"
 	@if [ -e "$(DESTDIR)$(CONFDIR)/lazarus.toml" ]; then \
 	  echo "kept $(DESTDIR)$(CONFDIR)/lazarus.toml (an existing configuration is never replaced)"; \
 	else \
@@ -126,7 +126,7 @@ uninstall:
 	rm -f "$(DESTDIR)$(SBINDIR)/lazarusd" "$(DESTDIR)$(SBINDIR)/lzctl"
 	rm -f "$(DESTDIR)$(SYSTEMD_UNITDIR)/lazarusd.service"
 	rm -f "$(DESTDIR)$(BASH_COMPLETIONDIR)/lzctl" "$(DESTDIR)$(ZSH_COMPLETIONDIR)/_lzctl"
-	rm -f $(patsubst %,"$(DESTDIR)$(DOCDIR)/%",$(notdir $(INSTALL_DOCS)) lazarus.toml.example)
+	rm -f $(patsubst %,"$(DESTDIR)$(DOCDIR)/%",$(notdir $(INSTALL_DOCS)) lazarus.toml.example cluster.toml.example)
 	@rmdir "$(DESTDIR)$(DOCDIR)" 2>/dev/null || true
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "kept $(DESTDIR)$(CONFDIR) (configuration and cluster key)"

@@ -57,29 +57,29 @@ struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMetrics {
+pub(crate) struct RawMetrics {
     listen: String,
 }
 
 /// Numbers are read wide and range-checked here, so that an error names the field.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawShadow {
-    role: String,
-    service: String,
-    peer: String,
-    dev: Option<String>,
-    heartbeat_ms: Option<i64>,
-    beat_port: Option<i64>,
-    max_conns: Option<i64>,
-    retain_kb: Option<i64>,
-    max_delay_fin_ms: Option<i64>,
-    app_max_lag_kb: Option<i64>,
-    app_max_lag_ms: Option<i64>,
-    auto_takeover: Option<bool>,
-    fence: Option<Vec<String>>,
-    fence_timeout_ms: Option<i64>,
-    key_file: Option<String>,
+pub(crate) struct RawShadow {
+    pub(crate) role: String,
+    pub(crate) service: String,
+    pub(crate) peer: String,
+    pub(crate) dev: Option<String>,
+    pub(crate) heartbeat_ms: Option<i64>,
+    pub(crate) beat_port: Option<i64>,
+    pub(crate) max_conns: Option<i64>,
+    pub(crate) retain_kb: Option<i64>,
+    pub(crate) max_delay_fin_ms: Option<i64>,
+    pub(crate) app_max_lag_kb: Option<i64>,
+    pub(crate) app_max_lag_ms: Option<i64>,
+    pub(crate) auto_takeover: Option<bool>,
+    pub(crate) fence: Option<Vec<String>>,
+    pub(crate) fence_timeout_ms: Option<i64>,
+    pub(crate) key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,11 +216,20 @@ pub struct Peer {
     pub interval_ms: u64,
 }
 
-/// Load and validate `path`. Errors name the file, and the line and field when known.
-/// Beyond [`parse`], this checks that the fence command can be run.
-pub fn load(path: &Path) -> Result<Config, String> {
+/// Load and validate `path`, a node file or a cluster file (see `cluster.rs`; `node`
+/// names this node in it, or else it is found by address). Errors name the file, and
+/// the line and field when known. Beyond parsing, this checks that the fence command
+/// can be run and reads the key.
+pub fn load(path: &Path, node: Option<&str>) -> Result<Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut cfg = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let parsed = if crate::cluster::is_cluster_file(&text) {
+        crate::cluster::parse(&text, node, crate::cluster::is_local)
+    } else if let Some(n) = node {
+        Err(format!("--node {n}: only for a cluster file (one with a [cluster] table)"))
+    } else {
+        parse(&text)
+    };
+    let mut cfg = parsed.map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(f) = cfg.shadow.as_ref().and_then(|s| s.failover.as_ref()) {
         check_program(&f.fence[0]).map_err(|e| format!("{}: shadow.fence: {e}", path.display()))?;
     }
@@ -281,7 +290,7 @@ fn is_ifname(d: &str) -> bool {
     !d.is_empty() && d.len() <= 15 && d != "." && d != ".." && !d.bytes().any(|b| b == 0 || b == b'/' || b == b':' || b.is_ascii_whitespace())
 }
 
-fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
+pub(crate) fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
     let role = match r.role.as_str() {
         "primary" => ShadowRole::Primary,
         "backup" => ShadowRole::Backup,
@@ -359,8 +368,18 @@ fn parse_shadow(r: &RawShadow) -> Result<Shadow, String> {
     })
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The `[metrics]` section.
+pub(crate) fn parse_metrics(m: Option<&RawMetrics>) -> Result<Option<std::net::SocketAddr>, String> {
+    match m {
+        None => Ok(None),
+        Some(m) => m.listen.parse().map(Some).map_err(|_| {
+            format!("metrics.listen: \"{}\" is not an address and port such as \"127.0.0.1:9477\"", m.listen)
+        }),
+    }
 }
 
 /// Parse and validate configuration text.
@@ -389,12 +408,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
         peers.push(Peer { name: p.name.clone(), addr: p.addr, port: p.port, tcp, interval_ms: p.probe_interval_ms });
     }
     let shadow = raw.shadow.as_ref().map(parse_shadow).transpose()?;
-    let metrics = match &raw.metrics {
-        None => None,
-        Some(m) => Some(m.listen.parse().map_err(|_| {
-            format!("metrics.listen: \"{}\" is not an address and port such as \"127.0.0.1:9477\"", m.listen)
-        })?),
-    };
+    let metrics = parse_metrics(raw.metrics.as_ref())?;
     Ok(Config { enabled: raw.core.enabled, ports, peers, shadow, metrics })
 }
 
@@ -583,20 +597,20 @@ fence_timeout_ms = 3000
         // not look for one.
         let text = BACKUP.replace("auto_takeover = true", "auto_takeover = false") + "key_file = \"cluster.key\"\n";
         std::fs::write(&cfg, &text).unwrap();
-        let e = load(&cfg).unwrap_err();
+        let e = load(&cfg, None).unwrap_err();
         assert!(e.contains("shadow.key_file:") && e.contains("cluster.key"), "{e}");
         std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = load(&cfg).unwrap_err();
+        let e = load(&cfg, None).unwrap_err();
         assert!(e.contains("open to group or others (mode 0644)") && e.contains("chmod 600"), "{e}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let c = load(&cfg).unwrap();
+        let c = load(&cfg, None).unwrap();
         let want = ClusterKey::new(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
         let s = c.shadow.unwrap();
         assert_eq!(s.key.as_ref(), Some(&want));
         assert_eq!(s.request().key, Some(want));
         std::fs::write(&key, "short").unwrap();
-        let e = load(&cfg).unwrap_err();
+        let e = load(&cfg, None).unwrap_err();
         assert!(e.contains("16 to 64 bytes, not 5"), "{e}");
         assert!(parse(&(BACKUP.to_string() + "key_file = \"\"\n")).unwrap_err().starts_with("shadow.key_file: empty"));
         // Without a key file there is no key.

@@ -10,6 +10,7 @@
 //! is the failover driver: when the heartbeats say the primary has failed, it fences
 //! the primary and takes over (see `shadow.rs`).
 
+mod cluster;
 mod config;
 mod metrics;
 mod shadow;
@@ -29,9 +30,13 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(name = "lazarusd", version, about = "Lazarus node daemon")]
 struct Args {
-    /// Configuration file.
+    /// Configuration file: this node's, or the cluster's (with a [cluster] table).
     #[arg(short, long, default_value = "/etc/lazarus/lazarus.toml")]
     config: PathBuf,
+    /// In a cluster file, this node's name (by default, the node whose address is
+    /// one of this machine's).
+    #[arg(long)]
+    node: Option<String>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -90,7 +95,7 @@ struct PeerState {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut cfg = match config::load(&args.config) {
+    let mut cfg = match config::load(&args.config, args.node.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             log(e);
@@ -143,7 +148,7 @@ fn main() -> ExitCode {
     while !stop.load(Ordering::Relaxed) {
         if hup.swap(false, Ordering::Relaxed) {
             // A bad file keeps the running configuration: never apply half of one.
-            match config::load(&args.config) {
+            match config::load(&args.config, args.node.as_deref()) {
                 Ok(new) => match apply(&client, &new) {
                     Ok(family) => {
                         driver.update(new.shadow.as_ref().and_then(|s| s.failover.clone()), family);
