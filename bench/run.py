@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks (make bench). Results go to bench/results/*.json; docs/benchmarks.md
-shows them with their setup. BENCH=core,shadow (the default) picks which run.
+shows them with their setup. BENCH=core,shadow (the default) picks which run;
+BENCH=soak runs the 30-minute soak (bench/soak.py), which is not in the default.
 
 core: TCP throughput from the host's stack to iperf3 in one guest, for
   - baseline: no Lazarus module loaded,
@@ -219,6 +220,9 @@ def main():
         core()
     if "shadow" in which:
         shadow()
+    if "soak" in which:
+        import soak
+        soak.soak()
 
 
 if __name__ == "__main__":
