@@ -66,6 +66,12 @@ enum Cmd {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Protected connections, whatever protects them (today: the shadowed service's
+    /// connections, as `shadow conns`).
+    Conn {
+        #[command(subcommand)]
+        cmd: ConnCmd,
+    },
     /// Shadow a TCP service on a backup node and take over when the primary fails
     /// (lazarus_shadow).
     Shadow {
@@ -93,6 +99,12 @@ enum Cmd {
         /// Shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand)]
+enum ConnCmd {
+    /// List the protected connections.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -633,7 +645,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 println!("the backup serves the service after {waited_ms} ms; this node's {conns} connection(s) retired, it stays silent");
             }
         }
-        Cmd::Shadow { cmd: ShadowCmd::Conns } => {
+        Cmd::Shadow { cmd: ShadowCmd::Conns } | Cmd::Conn { cmd: ConnCmd::List } => {
             let conns = ShadowClient::connect()?.conns()?;
             if json {
                 println!("{}", serde_json::to_string(&conns).unwrap_or_default());
