@@ -76,7 +76,7 @@ ZSH_COMPLETIONDIR ?= $(PREFIX)/share/zsh/site-functions
 DOCDIR ?= $(PREFIX)/share/doc/lazarus
 CONFDIR := /etc/lazarus
 KMODS := lazarus_core lazarus_shadow
-INSTALL_DOCS := docs/architecture.md docs/deployment.md docs/failure-model.md docs/tuning.md docs/shadow-operations.md \
+INSTALL_DOCS := docs/architecture.md docs/deployment.md docs/failure-model.md docs/tuning.md docs/shadow-operations.md docs/sysctl.md \
 	docs/troubleshooting.md docs/netlink.md docs/development.md
 GENERATED := target/dist
 

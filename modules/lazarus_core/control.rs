@@ -7,6 +7,7 @@ use super::lzk::net::{Ipv4Addr, Net};
 use super::lzk::proto::genl_core::{self as spec, cmd, core_attr as a, event, port_stats_attr as ps};
 use super::lzk::proto::ports::{PortSet, RedirectMap};
 use super::redirect::Redirects;
+use super::lzk::proto::sysctl_core as names;
 use super::lzk::sysctl::{Entry, IntValue, Table, TextValue};
 use super::lzk::work::{DelayedWork, WorkHandler};
 use super::{channel, ConfigError, Core, PortSlot, VERSION};
@@ -177,19 +178,19 @@ impl SysctlValues {
         // it (field order of `LazarusCore`).
         let entries = unsafe {
             [
-                Entry::int(c"enabled", &self.enabled),
-                Entry::text(c"ports", &self.ports),
-                Entry::text(c"redirect", &self.redirect),
-                Entry::int(c"stats_log_interval_ms", &self.stats_log),
+                Entry::int(names::enabled::NAME, &self.enabled),
+                Entry::text(names::ports::NAME, &self.ports),
+                Entry::text(names::redirect::NAME, &self.redirect),
+                Entry::int(names::stats_log_interval_ms::NAME, &self.stats_log),
             ]
         };
-        Table::register(Net::init(), c"net/lazarus/core", &entries)
+        Table::register(Net::init(), names::PATH, &entries)
     }
 }
 
 impl IntValue for Enabled {
-    const MIN: i32 = 0;
-    const MAX: i32 = 1;
+    const MIN: i32 = names::enabled::MIN;
+    const MAX: i32 = names::enabled::MAX;
     fn get(&self) -> i32 {
         self.0.enabled.load(Ordering::Relaxed) as i32
     }
@@ -228,8 +229,8 @@ impl TextValue for Redirect {
 }
 
 impl IntValue for StatsLog {
-    const MIN: i32 = 0;
-    const MAX: i32 = 3_600_000;
+    const MIN: i32 = names::stats_log_interval_ms::MIN;
+    const MAX: i32 = names::stats_log_interval_ms::MAX;
     fn get(&self) -> i32 {
         self.core.stats_log_ms.load(Ordering::Relaxed)
     }

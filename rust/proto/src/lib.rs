@@ -28,3 +28,4 @@ pub mod ratelimit;
 pub mod seq;
 pub mod sha256;
 pub mod shadow;
+pub mod sysctl_core;

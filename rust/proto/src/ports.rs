@@ -206,6 +206,13 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn the_sysctl_reference_states_these_limits() {
+        let doc = include_str!("../../../docs/sysctl.md");
+        assert!(doc.contains(&std::format!("at most {MAX_PORTS} ports")), "docs/sysctl.md: ports limit");
+        assert!(doc.contains(&std::format!("at most {MAX_REDIRECTS}")), "docs/sysctl.md: redirect limit");
+    }
+
+    #[test]
     fn parses_lists_and_ranges() {
         let s = PortSet::parse(b" 443,80\n8000-8002 80").unwrap();
         assert_eq!(s.as_slice(), &[80, 443, 8000, 8001, 8002]);
