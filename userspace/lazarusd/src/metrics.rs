@@ -155,30 +155,23 @@ pub fn render(s: &Scrape, failovers: &FailoverStats) -> String {
             }
         }
     }
-    counter(
-        &mut out,
-        "lazarus_failovers_total",
-        "Takeovers this daemon completed after fencing the primary.",
-        failovers.failovers.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "lazarus_failovers_failed_total",
-        "Failovers that stopped short (fence or takeover failed).",
-        failovers.failed.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "lazarus_planned_switchovers_total",
-        "Planned takeovers this daemon completed after the primary stepped down.",
-        failovers.planned.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "lazarus_planned_switchovers_declined_total",
-        "Planned takeovers declined (connections short of the primary's bytes); the primary served on.",
-        failovers.planned_declined.load(Ordering::Relaxed),
-    );
+    let driver = [
+        ("lazarus_failovers_total", "Takeovers this daemon completed after fencing the primary.", &failovers.failovers),
+        ("lazarus_failovers_failed_total", "Failovers that stopped short (fence or takeover failed).", &failovers.failed),
+        (
+            "lazarus_planned_switchovers_total",
+            "Planned takeovers this daemon completed after the primary stepped down.",
+            &failovers.planned,
+        ),
+        (
+            "lazarus_planned_switchovers_declined_total",
+            "Planned takeovers declined (connections short of the primary's bytes); the primary served on.",
+            &failovers.planned_declined,
+        ),
+    ];
+    for (name, help, v) in driver {
+        counter(&mut out, name, help, v.load(Ordering::Relaxed));
+    }
     gauge(
         &mut out,
         "lazarus_last_failover_seconds",
