@@ -130,6 +130,40 @@ def check_chat(r, n):
     assert r["lines"] == n and r["bad_replies"] == 0, r
 
 
+def start_transfers(b, seed, get_n=9_000_000, put_n=4_500_000, lines=120):
+    """A paced download, a paced upload and an interactive session, each lasting about
+    3 s (seeds `seed` and `seed + 1`): what the failover tests kill a node in."""
+    return [
+        ("get", client(b, "get", VIP, PORT, get_n, seed, "--rate", 3_000_000), get_n),
+        ("put", client(b, "put", VIP, PORT, put_n, seed + 1, "--rate", 1_500_000), put_n),
+        ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
+    ]
+
+
+def fail_over(dead, survivor):
+    """Kill `dead`'s VM and, once `survivor`'s heartbeats say so, take over there by
+    hand (no lazarusd). Returns the takeover's reply."""
+    dead.fence()
+    wait_for(f"guest {survivor.index} to see its peer fail", lambda: status(survivor)["peer_state"] == "failed")
+    t = json.loads(survivor.out(f"{LZCTL} -j shadow takeover"))
+    print("takeover:", t)
+    return t
+
+
+def check_transfers(transfers, *diagnosed):
+    """Every byte of every transfer arrived; on a failure the nodes `diagnosed` are
+    described first. Returns the results by name."""
+    try:
+        results = {name: result(p) for name, p, _ in transfers}
+    except AssertionError:
+        print(*(diagnose(g) for g in diagnosed))
+        raise
+    for name, _, n in transfers:
+        {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
+    print("client stalls:", {k: v["max_gap_s"] for k, v in results.items()})
+    return results
+
+
 def test_backup_is_silent_then_takes_over_mid_transfer():
     with Bench(2, name="lzst", hub=True) as b:
         primary, backup = setup_pair(b)
@@ -173,12 +207,7 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
         # Phase 2: transfers paced to last several seconds; the primary dies in them
         # and lazarusd on the backup takes over by itself.
         start_lazarusd(backup, primary)
-        get_n, put_n, lines = 12_000_000, 6_000_000, 150
-        clients = [
-            ("get", client(b, "get", VIP, PORT, get_n, 21, "--rate", 3_000_000), get_n),
-            ("put", client(b, "put", VIP, PORT, put_n, 22, "--rate", 1_500_000), put_n),
-            ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
-        ]
+        clients = start_transfers(b, 21, 12_000_000, 6_000_000, 150)
         # At a random point of the transfers (each lasts about 4 s); the seed is
         # printed so that a failure can be replayed.
         seed = kill_seed()
@@ -192,14 +221,7 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
         log = backup.out("cat /tmp/lzd.log")
         print(log)
         assert "takeover:" in log, log
-        try:
-            results = {name: result(p) for name, p, _ in clients}
-        except AssertionError:
-            print(diagnose(backup))
-            raise
-        for name, _, n in clients:
-            {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
-        print("client stalls:", {k: v["max_gap_s"] for k, v in results.items()})
+        check_transfers(clients, backup)
         st = status(backup)
         assert st["gate_open"] is True and st["role"] == "primary", st
         assert st["stats"]["translated_out"] > 0 and st["stats"]["prompts"] >= 1, st
@@ -249,12 +271,7 @@ def test_planned_switchover_loses_no_connection():
                             f"ether src {backup_mac(primary)} and src host {VIP} and tcp src port {PORT}",
                             stdout=-1, stderr=-1, text=True)
         time.sleep(0.5)
-        get_n, put_n, lines = 12_000_000, 6_000_000, 150
-        clients = [
-            ("get", client(b, "get", VIP, PORT, get_n, 41, "--rate", 3_000_000), get_n),
-            ("put", client(b, "put", VIP, PORT, put_n, 42, "--rate", 1_500_000), put_n),
-            ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
-        ]
+        clients = start_transfers(b, 41, 12_000_000, 6_000_000, 150)
         time.sleep(1.5)
         primary.run(f"({LZCTL} -j shadow step-down > /tmp/sd.out 2>&1; echo $? > /tmp/sd.rc) </dev/null >/dev/null 2>&1 &")
         wait_for("the primary to step down", lambda: status(primary)["stepping_down"], timeout=10)
@@ -270,14 +287,7 @@ def test_planned_switchover_loses_no_connection():
         print(log)
         assert "planned takeover: caught up after" in log, log
 
-        try:
-            results = {name: result(p) for name, p, _ in clients}
-        except AssertionError:
-            print(diagnose(backup), diagnose(primary))
-            raise
-        for name, _, n in clients:
-            {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
-        print("client stalls:", {k: v["max_gap_s"] for k, v in results.items()})
+        check_transfers(clients, backup, primary)
 
         sb, sp = status(backup), status(primary)
         assert sb["gate_open"] is True and sb["role"] == "primary", sb
@@ -311,10 +321,7 @@ def test_a_failed_primary_comes_back_as_backup_and_the_pair_is_protected_again()
         chat = client(b, "chat", VIP, PORT, 600, "--interval", 0.025)
         get = client(b, "get", VIP, PORT, 6_000_000, 51, "--rate", 3_000_000)
         time.sleep(1.0)
-        first.fence()
-        wait_for("the backup to see the primary fail", lambda: status(second)["peer_state"] == "failed")
-        t = json.loads(second.out(f"{LZCTL} -j shadow takeover"))
-        print("first takeover:", t)
+        fail_over(first, second)
         check_get(result(get), 6_000_000)
         st = status(second)
         assert st["took_over"] is True and st["translating"] >= 1, st
@@ -345,28 +352,54 @@ def test_a_failed_primary_comes_back_as_backup_and_the_pair_is_protected_again()
         wait_for("the new primary to be fault-tolerant", lambda: status(second)["fault_tolerant"], timeout=10)
 
         # Protected again: the new primary dies in the middle of transfers.
-        get_n, put_n, lines = 9_000_000, 4_500_000, 120
-        clients = [
-            ("get", client(b, "get", VIP, PORT, get_n, 52, "--rate", 3_000_000), get_n),
-            ("put", client(b, "put", VIP, PORT, put_n, 53, "--rate", 1_500_000), put_n),
-            ("chat", client(b, "chat", VIP, PORT, lines, "--interval", 0.025), lines),
-        ]
+        clients = start_transfers(b, 52)
         time.sleep(1.5)
-        second.fence()
-        wait_for("the new backup to see the new primary fail", lambda: status(first)["peer_state"] == "failed")
-        t = json.loads(first.out(f"{LZCTL} -j shadow takeover"))
-        print("second takeover:", t)
+        t = fail_over(second, first)
         assert t["conns"] >= 3, t
-        try:
-            results = {name: result(p) for name, p, _ in clients}
-        except AssertionError:
-            print(diagnose(first))
-            raise
-        for name, _, n in clients:
-            {"get": check_get, "put": check_put, "chat": check_chat}[name](results[name], n)
-        print("client stalls after the second failure:", {k: v["max_gap_s"] for k, v in results.items()})
+        check_transfers(clients, first)
         st = status(first)
         assert st["role"] == "primary" and st["gate_open"] and st["stats"]["conns_reset"] == 0, st
+
+
+MCAST_MAC = "01:00:5e:4d:00:64"
+
+
+def test_a_multicast_mac_deployment_needs_no_hub():
+    """The service address resolves to a multicast MAC (a static neighbour entry on
+    the clients' side, as a router would have) that both nodes listen on, and the
+    segment is an ordinary learning bridge: every client frame reaches both nodes,
+    but the backup never sees the primary's own segments. Both nodes' TCP accept the
+    multicast-addressed frames, the backup learns each connection's offsets from the
+    client's handshake ACK, and a failover keeps every byte."""
+    with Bench(2, name="lzmc", hub=False) as b:
+        b.host("ip link set br0 type bridge mcast_snooping 0")
+        b.host(f"ip neigh replace {VIP} lladdr {MCAST_MAC} dev br0 nud permanent")
+        for g in b.guests:
+            g.run(f"ip maddr add {MCAST_MAC} dev lz0")
+        primary, backup = setup_pair(b)
+        cap = os.path.join(b.workdir, "backup-port.pcap")
+        dump = b.host_popen(f"exec tcpdump -i lzt{backup.index} -n -U -e -w {cap} tcp port {PORT}",
+                            stdout=-1, stderr=-1, text=True)
+        time.sleep(0.5)
+        clients = start_transfers(b, 61)
+        time.sleep(1.5)
+        dump.terminate()
+        dump.communicate(timeout=10)
+        frames = b.host(f"tcpdump -r {cap} -n -e 2>/dev/null").stdout.splitlines()
+        to_vip = [f for f in frames if f" > {VIP}.{PORT}:" in f]
+        from_primary = [f for f in frames if f" {VIP}.{PORT} > " in f]
+        # From the clients, to the multicast MAC; the only others are client segments
+        # the primary resent to the backup's own MAC when it asked.
+        odd = [f for f in to_vip if MCAST_MAC not in f]
+        assert to_vip and all(f.split()[1] == backup_mac(primary) for f in odd), odd[:3]
+        print(f"{len(to_vip)} client frames on the backup's port, {len(odd)} of them resent by the primary")
+        assert not from_primary, f"the backup's port saw the primary's segments: {from_primary[:3]}"
+        t = fail_over(primary, backup)
+        assert t["conns"] >= 3, t
+        check_transfers(clients, backup)
+        st = status(backup)
+        assert st["stats"]["translated_in"] > 0 and st["stats"]["conns_reset"] == 0, st["stats"]
+        check_get(result(client(b, "get", VIP, PORT, 1_000_000, 63)), 1_000_000)
 
 
 NGINX_MB = 48

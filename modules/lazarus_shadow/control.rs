@@ -413,10 +413,11 @@ impl Control {
             &[(Hook::Ingress, 0), (Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)]
         } else {
             // ARP_OUT too: a primary that steps down withholds its ARP for the address.
-            &[(Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)]
+            // Ingress: frames to a multicast MAC for the address (see hooks.rs).
+            &[(Hook::Ingress, 0), (Hook::PreRouting, PRIO_RAW), (Hook::LocalOut, PRIO_RAW), (Hook::ArpOut, 0)]
         };
         // Only the ingress hook is per device.
-        let hook_dev = if backup { Some(dev.try_clone(net)?) } else { None };
+        let hook_dev = Some(dev.try_clone(net)?);
         let hooks = netfilter::Registration::with_device(net, hook_dev, hooks, Handler { shared: s.clone(), backup })?;
         let promisc = if backup {
             let p = dev.try_clone(net)?;

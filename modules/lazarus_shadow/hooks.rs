@@ -2,6 +2,8 @@
 //! The packet paths of both roles.
 //!
 //! On the primary:
+//! - Ingress (the client-segment device): frames for the service addressed to a
+//!   multicast MAC (a multicast-MAC deployment) become this host's, as TCP requires.
 //! - PRE_ROUTING: each client segment carrying data or a FIN is kept (a clone) until
 //!   the backup's report says its TCP has the bytes ([`super::sync`] releases and
 //!   resends them).
@@ -13,8 +15,9 @@
 //!
 //! On the backup:
 //! - Ingress (the client-segment device): frames for the service that are addressed
-//!   to the primary's MAC become this host's, so IP accepts them; the primary's own
-//!   segments to clients are read for their SYN-ACK options and timestamps.
+//!   to the primary's MAC or to a multicast MAC become this host's, so IP and TCP
+//!   accept them; the primary's own segments to clients, when this node sees them
+//!   (a hub), are read for their SYN-ACK options, timestamps and acknowledgments.
 //! - PRE_ROUTING: client segments are mapped into the backup's spaces (or dropped
 //!   while their mapping is unknown, so the backup's TCP never sees the primary's
 //!   numbers).
@@ -51,6 +54,7 @@ const INGRESS_COPY: usize = 120;
 const ETH_P_IP: u16 = bindings::ETH_P_IP as u16;
 const PACKET_HOST: u8 = bindings::PACKET_HOST as u8;
 const PACKET_OTHERHOST: u8 = bindings::PACKET_OTHERHOST as u8;
+const PACKET_MULTICAST: u8 = bindings::PACKET_MULTICAST as u8;
 
 pub(crate) struct Handler {
     pub(crate) shared: Arc<Shared>,
@@ -77,6 +81,7 @@ impl HookHandler for Handler {
         let vip = self.shared.vip.load(Ordering::Relaxed).to_ne_bytes();
         if !self.backup {
             return match hook {
+                Hook::Ingress => self.ingress(skb, vip, port),
                 Hook::PreRouting => self.keep_for_backup(skb, vip, port),
                 Hook::LocalOut if self.silent() => self.silence(skb, vip, port),
                 Hook::LocalOut => self.hold_fin(skb, vip, port),
@@ -113,10 +118,18 @@ impl Handler {
         }
     }
 
+    /// Frames for the service that were not sent to this host's MAC become this
+    /// host's, so that IP and TCP accept them: on the backup, frames to the primary's
+    /// MAC (a hub or a mirrored port); on both nodes, frames to a multicast MAC that
+    /// the service address resolves to (TCP takes only `PACKET_HOST`). On the backup
+    /// the primary's own segments to clients are read too.
+    ///
     /// Read-only: the frame may still be shared with packet taps here, so headers are
     /// copied out rather than pulled.
     fn ingress(&self, skb: &mut SkBuff<'_>, vip: [u8; 4], port: u16) -> Verdict {
-        if skb.protocol() != ETH_P_IP || skb.pkt_type() != PACKET_OTHERHOST {
+        let kind = skb.pkt_type();
+        let theirs = self.backup && kind == PACKET_OTHERHOST;
+        if skb.protocol() != ETH_P_IP || !(theirs || kind == PACKET_MULTICAST) {
             return Verdict::Accept;
         }
         let mut buf = [0u8; INGRESS_COPY];
@@ -129,7 +142,7 @@ impl Handler {
         };
         if p.ip.dst == vip && p.tcp.dst_port == port {
             skb.set_pkt_type(PACKET_HOST);
-        } else if p.ip.src == vip && p.tcp.src_port == port && !self.gate_open() {
+        } else if theirs && p.ip.src == vip && p.tcp.src_port == port && !self.gate_open() {
             self.observe_primary(&buf[..n], &p, port);
         }
         Verdict::Accept
