@@ -71,48 +71,24 @@ pub(crate) fn run(shared: &Shared, live: &Live, net: &Net) -> core::result::Resu
     if let Some(dev) = &live.dev {
         dev.announce(super::lzk::net::Ipv4Addr(vip));
     }
-    // Walk the table in batches without holding its lock while TCP runs: prompting
-    // sends segments, whose LOCAL_OUT hook takes the same lock.
     let mut prompted = 0u32;
-    let mut behind = 0u32;
-    let mut cursor = Some(0usize);
-    while let Some(from) = cursor {
-        let mut keys = [(FlowKey::default(), None); BATCH];
-        let mut n = 0;
-        cursor = shared
-            .with_table(|t| {
-                t.walk(from, BATCH, |_, k, c| {
-                    if c.shadow.mapping().is_some() && !c.shadow.finished() {
-                        keys[n] = (*k, primary_had(c));
-                        n += 1;
-                    }
-                })
-            })
-            .flatten();
-        for (k, primary_next) in &keys[..n] {
-            let Some(sock) = EstablishedSock::lookup(net, (k.client, k.client_port), (vip, port)) else {
-                continue;
-            };
-            let own = sock.progress().map(|p| Seq(p.rcv_nxt));
-            if let (Some(own), Some(theirs)) = (own, *primary_next) {
-                if own.lt(theirs) {
-                    behind += 1;
-                }
+    let chosen = |c: &super::Conn| c.shadow.mapping().is_some() && !c.shadow.finished();
+    each_socket(shared, net, (vip, port), chosen, |sock| {
+        for attempt in 0..PROMPT_TRIES {
+            if sock.prompt() {
+                prompted += 1;
+                return;
             }
-            for attempt in 0..PROMPT_TRIES {
-                if sock.prompt() {
-                    prompted += 1;
-                    break;
-                }
-                if attempt + 1 < PROMPT_TRIES {
-                    kthread::sleep_ms(1);
-                }
+            if attempt + 1 < PROMPT_TRIES {
+                kthread::sleep_ms(1);
             }
         }
-    }
+    });
     shared.stats.prompts.fetch_add(prompted as u64, Ordering::Relaxed);
     let took_ms = now_ms().saturating_sub(start).min(u32::MAX as u64) as u32;
     let conns = shared.conns();
+    // For the log only, after every client has been prompted.
+    let behind = behind(shared, net, vip, port);
     pr_info!(
         "takeover: serving {} connections ({} prompted, {} still short of client bytes the primary had) after {} ms\n",
         conns,
@@ -155,27 +131,44 @@ pub(crate) fn behind(shared: &Shared, net: &Net, vip: [u8; 4], port: u16) -> u32
 /// sockets and tell this node's program its connections are gone.
 pub(crate) fn retire(shared: &Shared, net: &Net, vip: [u8; 4], port: u16) -> u32 {
     let mut retired = 0u32;
+    each_socket(shared, net, (vip, port), |_| true, |sock| {
+        sock.abort();
+        retired += 1;
+    });
+    retired
+}
+
+/// Run `act` on the socket of each connection that `chosen` picks. The keys are
+/// copied out of the table in batches under its lock and the sockets used after it
+/// is released: what `act` does to a socket sends segments, whose LOCAL_OUT hook
+/// takes that lock. Process context.
+fn each_socket(
+    shared: &Shared,
+    net: &Net,
+    service: ([u8; 4], u16),
+    chosen: impl Fn(&super::Conn) -> bool,
+    mut act: impl FnMut(&EstablishedSock),
+) {
     let mut cursor = Some(0usize);
     while let Some(from) = cursor {
         let mut keys = [FlowKey::default(); BATCH];
         let mut n = 0;
         cursor = shared
             .with_table(|t| {
-                t.walk(from, BATCH, |_, k, _| {
-                    keys[n] = *k;
-                    n += 1;
+                t.walk(from, BATCH, |_, k, c| {
+                    if chosen(c) {
+                        keys[n] = *k;
+                        n += 1;
+                    }
                 })
             })
             .flatten();
-        // Outside the table lock: the resets pass the LOCAL_OUT hook, which takes it.
         for k in &keys[..n] {
-            if let Some(sock) = EstablishedSock::lookup(net, (k.client, k.client_port), (vip, port)) {
-                sock.abort();
-                retired += 1;
+            if let Some(sock) = EstablishedSock::lookup(net, (k.client, k.client_port), service) {
+                act(&sock);
             }
         }
     }
-    retired
 }
 
 /// A finished connection still counts as translated this long after its last segment:
