@@ -552,9 +552,11 @@ def test_missed_segments_are_resent_under_loss_on_the_backup_port():
     with Bench(2, name="lzsl", hub=True) as b:
         primary, backup = setup_pair(b)
         b.drop_ingress(backup, 3)
-        # A long-lived interactive session spans the lossy phase and the failover.
-        lines = 400
-        chat = client(b, "chat", VIP, PORT, lines, "--interval", 0.02)
+        # A long-lived interactive session spans the lossy phase and the failover. Its
+        # lines come 0.1 s apart, longer than a report interval, so that between two
+        # of them the primary can have released everything it kept.
+        lines = 200
+        chat = client(b, "chat", VIP, PORT, lines, "--interval", 0.1)
         put_n, get_n = 4_000_000, 2_000_000
         check_put(result(client(b, "put", VIP, PORT, put_n, 51)), put_n)
         check_get(result(client(b, "get", VIP, PORT, get_n, 52)), get_n)
