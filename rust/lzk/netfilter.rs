@@ -77,6 +77,11 @@ pub enum Verdict {
     /// Used to withhold a local socket's output without the socket noticing (a
     /// dropped packet makes TCP's transmit fail and retry).
     Consume,
+    /// The handler rewrote the IPv4 packet into one this host sends (its source is a
+    /// local address): route it by its new destination and send it as local output
+    /// ([`super::route::send_local`]), instead of letting it continue where it was.
+    /// Only for received packets at [`Hook::PreRouting`], which carry no route yet.
+    SendLocal,
 }
 
 /// Packet handler for a set of hooks.
@@ -87,6 +92,10 @@ pub enum Verdict {
 pub trait HookHandler: Send + Sync + 'static {
     /// Inspect (and possibly modify) one packet at `hook`.
     fn hook(&self, hook: Hook, skb: &mut SkBuff<'_>) -> Verdict;
+
+    /// A packet for which `hook` returned [`Verdict::SendLocal`] could not be routed
+    /// or sent (it is gone). Runs in the hook's context; for counting.
+    fn send_failed(&self, _err: Error) {}
 }
 
 /// Most hooks one registration can hold.
@@ -210,6 +219,17 @@ unsafe extern "C" fn hook_trampoline<T: HookHandler>(
             // SAFETY: The hook owns the skb for the call; after NF_STOLEN nobody else
             // touches it, so freeing it here is the only release.
             unsafe { bindings::consume_skb(skb) };
+            bindings::NF_STOLEN
+        }
+        Verdict::SendLocal => {
+            // SAFETY: The hook owns the skb for the call and passes it on here: after
+            // NF_STOLEN nobody else touches it, and `send_local` consumes it on every
+            // path. `state->net` is the namespace the packet is in, valid for the call.
+            // The handler may only return this verdict for an IPv4 packet (the trait's
+            // contract), whose data starts at the IPv4 header at the IPv4 hooks.
+            if let Err(e) = unsafe { super::route::send_local(Net::from_raw((*state).net), skb) } {
+                inner.handler.send_failed(e);
+            }
             bindings::NF_STOLEN
         }
     }

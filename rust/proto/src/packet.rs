@@ -505,6 +505,25 @@ impl<'a> Rewriter<'a> {
         }
     }
 
+    /// Replace a 16-bit value at any offset inside the TCP header (option fields need
+    /// not be 16-bit aligned).
+    fn replace16_any(&mut self, at: usize, new: u16) {
+        if (at - self.parsed.tcp_offset()) % 2 == 0 {
+            return self.replace16(at, new);
+        }
+        let old = self.get16(at);
+        if old == new {
+            return;
+        }
+        self.put16(at, new);
+        if self.mode == CsumMode::Full {
+            let c = self.tcp_at(TCP_CHECK);
+            // Odd alignment: byte-swapping the sum aligns the field (RFC 1071 §2(B)).
+            let check = csum::update16(self.get16(c).swap_bytes(), old, new).swap_bytes();
+            self.put16(c, check);
+        }
+    }
+
     /// Replace a 32-bit word covered by the TCP checksum but not by the pseudo-header.
     /// `at` may be unaligned to 16 bits inside options (SACK, timestamps are at
     /// even offsets only after NOP padding), so odd offsets are updated bytewise.
@@ -628,7 +647,32 @@ impl<'a> Rewriter<'a> {
             None => Ok(false),
         }
     }
+    /// Overwrite the timestamp option, if the segment has one, with no-operation
+    /// bytes (for a receiver that did not negotiate timestamps). Returns whether it
+    /// had one.
+    pub fn blank_timestamp(&mut self) -> Result<bool, ParseError> {
+        let base = self.tcp_at(TCP_MIN_HLEN);
+        let end = self.parsed.payload_offset();
+        let mut spot = None;
+        for o in OptionIter::new(&self.pkt[base..end]) {
+            let o = o?;
+            if o.kind == opt::TIMESTAMP {
+                spot = Some(base + o.offset);
+            }
+        }
+        let Some(at) = spot else {
+            return Ok(false);
+        };
+        // Ten bytes: kind, length and two 32-bit values. Word-wise through the
+        // checksum update (16 bits at a time, bytewise alignment handled there).
+        let nops = u32::from_be_bytes([opt::NOP; 4]);
+        self.replace16_any(at, u16::from_be_bytes([opt::NOP; 2]));
+        self.replace32(at + 2, nops);
+        self.replace32(at + 6, nops);
+        Ok(true)
+    }
 }
+
 
 /// The fields of a segment to build with [`build_ipv4_tcp`].
 #[derive(Debug, Clone, Copy)]

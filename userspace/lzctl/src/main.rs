@@ -1,11 +1,14 @@
 //! `lzctl`: inspect and configure the Lazarus modules over generic netlink.
 //!
-//! `lzctl shadow ...` drives the `lazarus_shadow` module (ST-TCP service shadowing).
+//! `lzctl shadow ...` drives the `lazarus_shadow` module (ST-TCP service shadowing),
+//! `lzctl splice ...` the `lazarus_splice` module (CRAFT splicing).
 //!
 //! Output is a human table by default and JSON with `-j`, like iproute2. Exit codes:
 //! 0 success, 1 the kernel refused the request, 2 bad usage, 3 the module is not
 //! loaded or netlink failed, 4 a planned switchover did not complete (nothing was
 //! lost: the primary serves on).
+
+mod splice;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lazarus_proto::ports::PortSet;
@@ -77,6 +80,12 @@ enum Cmd {
     Shadow {
         #[command(subcommand)]
         cmd: ShadowCmd,
+    },
+    /// Splice a proxy's client and backend connections in the kernel
+    /// (lazarus_splice, used by lzproxy).
+    Splice {
+        #[command(subcommand)]
+        cmd: splice::SpliceCmd,
     },
     /// Send a request with raw attributes (for diagnostics and tests).
     #[command(hide = true)]
@@ -235,6 +244,7 @@ impl From<RoleArg> for ShadowRole {
 enum Family {
     Core,
     Shadow,
+    Splice,
 }
 
 /// A failure with the exit code it maps to.
@@ -545,6 +555,7 @@ fn parse_raw_attr(s: &str) -> Result<RawAttr, Failure> {
 fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.cmd {
+        Cmd::Splice { cmd } => splice::run(cmd, json)?,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lzctl", &mut std::io::stdout());
         }
@@ -719,6 +730,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let replies = match family {
                 Family::Core => Client::connect()?.request(cmd, &attrs, dump)?,
                 Family::Shadow => ShadowClient::connect()?.request(cmd, &attrs, dump)?,
+                Family::Splice => lznl::SpliceClient::connect()?.request(cmd, &attrs, dump)?,
             };
             println!("{} reply message(s)", replies.len());
         }

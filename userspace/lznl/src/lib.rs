@@ -6,7 +6,9 @@
 
 pub mod attrs;
 mod shadow;
+mod splice;
 
+pub use splice::{SpliceClient, SpliceEntry, SpliceSide, SpliceStats, SpliceStatus};
 pub use shadow::{
     conn_flags, ClusterKey, PlannedRefusal, PlannedTakeover, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStats,
     ShadowStatus, TakeoverReply,

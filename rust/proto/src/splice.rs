@@ -1,0 +1,663 @@
+// SPDX-License-Identifier: GPL-2.0
+//! CRAFT TCP splicing: a proxy's client connection and backend connection joined in
+//! the kernel, so that the proxy never copies a byte of the transfer.
+//!
+//! The proxy accepts the client, reads the request, connects to a backend and sends
+//! the request. Then it asks the kernel to splice the two connections:
+//!
+//! 1. **Freeze** (`PRE_SPLICE`): segments of either connection that carry data, a SYN
+//!    or a FIN are held back from the proxy's sockets ([`frozen_verdict`]); pure ACKs
+//!    and RSTs still reach them, so the bytes the proxy already sent can be
+//!    acknowledged and a reset is still noticed.
+//! 2. **Settle**: the proxy forwards any bytes left in its receive queues and waits
+//!    until both send queues are empty, so nothing is left in flight that only the
+//!    proxy's sockets could retransmit. From then on the two sockets cannot change.
+//! 3. **Splice** (`SPLICE`): the proxy reads each socket's sequence numbers, window
+//!    scales and timestamp clock (in TCP repair mode) and hands them over as two
+//!    [`Side`]s. From then on each segment from one peer is rewritten into a segment
+//!    of the other connection ([`Splice::plan`], [`Plan::apply`]) and sent on: the
+//!    addresses and ports, the sequence and acknowledgment numbers, the SACK blocks,
+//!    the window (rescaled) and the timestamps, with the checksums updated
+//!    incrementally (RFC 1624). The held segments then pass the same way.
+//!
+//! The mapping between the two connections is fixed by the moment of the splice:
+//! byte `rcv_nxt` of the client connection is byte `snd_nxt` of the backend
+//! connection, and the other way round. Because the proxy settled first, each side's
+//! `snd_nxt` is also its oldest unacknowledged byte, so an acknowledgment one peer
+//! sends for anything before the splice maps below what the other peer has already
+//! had acknowledged, which TCP ignores.
+//!
+//! Timestamps: each peer's clock is shifted onto the proxy's clock of the connection
+//! it is forwarded on, with the shift fixed by the first stamped segment after the
+//! splice, so that the receiver's PAWS check (RFC 7323 §5) sees values no older than
+//! the ones the proxy sent it. Echoes are shifted back. An echo of a value the proxy
+//! itself sent before the splice has no counterpart and is sent as 0, which TCP takes
+//! as "no RTT sample".
+
+use super::packet::{Ipv4Tcp, ParseError, Rewriter, TcpFlags, TcpOptions};
+use super::seq::{Seq, SeqOffset};
+
+/// The largest window scale shift TCP uses (RFC 7323 §2.3).
+pub const MAX_WSCALE: u8 = 14;
+
+/// An IPv4 address and TCP port.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
+pub struct Endpoint {
+    /// Address, network byte order bytes.
+    pub addr: [u8; 4],
+    /// Port.
+    pub port: u16,
+}
+
+/// One of the proxy's two connections at the moment of the splice, as its socket
+/// reports it once settled.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Side {
+    /// The proxy's end.
+    pub local: Endpoint,
+    /// The peer's end.
+    pub remote: Endpoint,
+    /// The proxy's next sequence number to send; everything before it is acknowledged.
+    pub snd_nxt: Seq,
+    /// The next byte the proxy expects from the peer; the proxy has read all before it.
+    pub rcv_nxt: Seq,
+    /// The shift the peer announced: it scales the windows the peer advertises.
+    pub peer_wscale: u8,
+    /// The shift the proxy announced: the peer scales the proxy's windows by it.
+    pub own_wscale: u8,
+    /// The proxy's timestamp clock on this connection now; `None` when the connection
+    /// does not use timestamps.
+    pub ts_now: Option<u32>,
+    /// SACK was negotiated on this connection.
+    pub sack: bool,
+}
+
+/// Why a pair of sides cannot be spliced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SideError {
+    /// A port is 0.
+    ZeroPort,
+    /// An address is 0.0.0.0, a multicast or broadcast address.
+    BadAddress,
+    /// A window scale above 14.
+    BadWscale,
+    /// The two connections are the same one, or share the proxy's local end and the
+    /// peer (a packet could not tell which connection it belongs to).
+    Ambiguous,
+}
+
+impl SideError {
+    /// A short explanation for an error message.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SideError::ZeroPort => "a port is 0",
+            SideError::BadAddress => "an address is unspecified, multicast or broadcast",
+            SideError::BadWscale => "a window scale is above 14",
+            SideError::Ambiguous => "the two connections have the same 4-tuple",
+        }
+    }
+}
+
+fn unicast(a: [u8; 4]) -> bool {
+    a != [0; 4] && a[0] < 224
+}
+
+impl Side {
+    /// Check what a proxy handed over.
+    pub fn validate(&self) -> Result<(), SideError> {
+        if self.local.port == 0 || self.remote.port == 0 {
+            return Err(SideError::ZeroPort);
+        }
+        if !unicast(self.local.addr) || !unicast(self.remote.addr) {
+            return Err(SideError::BadAddress);
+        }
+        if self.peer_wscale > MAX_WSCALE || self.own_wscale > MAX_WSCALE {
+            return Err(SideError::BadWscale);
+        }
+        Ok(())
+    }
+}
+
+/// Check a client side and a backend side before they are spliced.
+pub fn validate_pair(client: &Side, backend: &Side) -> Result<(), SideError> {
+    client.validate()?;
+    backend.validate()?;
+    if client.local == backend.local && client.remote == backend.remote {
+        return Err(SideError::Ambiguous);
+    }
+    Ok(())
+}
+
+/// Which peer a segment comes from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Dir {
+    /// From the client, to be sent on to the backend.
+    FromClient = 0,
+    /// From the backend, to be sent on to the client.
+    FromBackend = 1,
+}
+
+impl Dir {
+    /// The other direction.
+    pub const fn reverse(self) -> Dir {
+        match self {
+            Dir::FromClient => Dir::FromBackend,
+            Dir::FromBackend => Dir::FromClient,
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What to do with a segment of a frozen connection (between `PRE_SPLICE` and
+/// `SPLICE`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FrozenVerdict {
+    /// Let the proxy's socket have it: a pure ACK or an RST, which changes nothing the
+    /// splice depends on.
+    Pass,
+    /// Keep it from the socket until the splice is set up (or the freeze is undone).
+    Hold,
+}
+
+/// Decide the fate of a segment of a frozen connection.
+pub fn frozen_verdict(p: &Ipv4Tcp) -> FrozenVerdict {
+    let f = p.tcp.flags;
+    if f.has(TcpFlags::RST) {
+        return FrozenVerdict::Pass;
+    }
+    if p.payload_len() > 0 || f.has(TcpFlags::SYN) || f.has(TcpFlags::FIN) {
+        FrozenVerdict::Hold
+    } else {
+        FrozenVerdict::Pass
+    }
+}
+
+/// How a spliced connection is doing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// Carrying data.
+    Open,
+    /// Both FINs are sent and acknowledged, or a peer reset: only stragglers remain.
+    Closed,
+}
+
+/// Per-direction counters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Counters {
+    /// Segments forwarded.
+    pub segments: u64,
+    /// Payload bytes forwarded (retransmissions included).
+    pub bytes: u64,
+}
+
+/// The rewrite of one segment, decided under the splice's lock and applied after.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Plan {
+    /// New source.
+    pub src: Endpoint,
+    /// New destination.
+    pub dst: Endpoint,
+    /// Added to the sequence number.
+    pub seq: SeqOffset,
+    /// Added to the acknowledgment number and the SACK block edges.
+    pub ack: SeqOffset,
+    /// The new raw window.
+    pub window: u16,
+    /// New timestamp value and echo, when the segment has the option.
+    pub timestamp: Option<(u32, u32)>,
+    /// The receiver does not use timestamps: blank the option out.
+    pub strip_timestamp: bool,
+}
+
+impl Plan {
+    /// Rewrite the segment behind `rw`, which must be the one the plan was made for.
+    pub fn apply(&self, rw: &mut Rewriter<'_>) -> Result<(), ParseError> {
+        let p = *rw.parsed();
+        rw.set_src_addr(self.src.addr);
+        rw.set_dst_addr(self.dst.addr);
+        rw.set_src_port(self.src.port);
+        rw.set_dst_port(self.dst.port);
+        rw.set_seq(self.seq.apply(p.tcp.seq));
+        if p.tcp.flags.has(TcpFlags::ACK) {
+            rw.set_ack(self.ack.apply(p.tcp.ack));
+            let ack = self.ack;
+            rw.map_sack(|s| ack.apply(s))?;
+        }
+        rw.set_window(self.window);
+        if self.strip_timestamp {
+            rw.blank_timestamp()?;
+        } else if let Some((val, ecr)) = self.timestamp {
+            rw.set_timestamp(val, ecr)?;
+        }
+        Ok(())
+    }
+}
+
+/// Two spliced connections.
+///
+/// # Invariants
+///
+/// `client` and `backend` passed [`validate_pair`]. `ts_shift[d]`, once set, never
+/// changes: it is what direction `d`'s timestamps are shifted by.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Splice {
+    client: Side,
+    backend: Side,
+    ts_shift: [Option<u32>; 2],
+    /// One past the FIN each direction forwarded, in the receiver's space.
+    fin_end: [Option<Seq>; 2],
+    fin_acked: [bool; 2],
+    reset: bool,
+    counters: [Counters; 2],
+}
+
+impl Splice {
+    /// Splice `client` to `backend`.
+    pub fn new(client: Side, backend: Side) -> Result<Self, SideError> {
+        validate_pair(&client, &backend)?;
+        Ok(Splice {
+            client,
+            backend,
+            ts_shift: [None; 2],
+            fin_end: [None; 2],
+            fin_acked: [false; 2],
+            reset: false,
+            counters: [Counters::default(); 2],
+        })
+    }
+
+    /// The client connection as handed over.
+    pub fn client(&self) -> &Side {
+        &self.client
+    }
+
+    /// The backend connection as handed over.
+    pub fn backend(&self) -> &Side {
+        &self.backend
+    }
+
+    /// Counters of one direction.
+    pub fn counters(&self, d: Dir) -> Counters {
+        self.counters[d.index()]
+    }
+
+    /// Whether the connection still carries data.
+    pub fn phase(&self) -> Phase {
+        if self.reset || (self.fin_acked[0] && self.fin_acked[1]) {
+            Phase::Closed
+        } else {
+            Phase::Open
+        }
+    }
+
+    /// Flags for a listing: bit 0 client FIN, bit 1 backend FIN, bit 2 both
+    /// acknowledged, bit 3 reset.
+    pub fn flags(&self) -> u8 {
+        self.fin_end[0].is_some() as u8
+            | (self.fin_end[1].is_some() as u8) << 1
+            | ((self.fin_acked[0] && self.fin_acked[1]) as u8) << 2
+            | (self.reset as u8) << 3
+    }
+
+    /// The side a segment arrives on and the side it leaves on.
+    fn sides(&self, d: Dir) -> (&Side, &Side) {
+        match d {
+            Dir::FromClient => (&self.client, &self.backend),
+            Dir::FromBackend => (&self.backend, &self.client),
+        }
+    }
+
+    /// Which direction a segment from `src` to `dst` belongs to, if either.
+    pub fn direction(&self, src: Endpoint, dst: Endpoint) -> Option<Dir> {
+        if src == self.client.remote && dst == self.client.local {
+            Some(Dir::FromClient)
+        } else if src == self.backend.remote && dst == self.backend.local {
+            Some(Dir::FromBackend)
+        } else {
+            None
+        }
+    }
+
+    /// Decide how to rewrite a segment arriving in direction `d`, and account for it
+    /// (FIN and RST tracking, counters, the timestamp shift on first use).
+    pub fn plan(&mut self, d: Dir, p: &Ipv4Tcp, opts: &TcpOptions) -> Plan {
+        let (from, to) = self.sides(d);
+        let (from, to) = (*from, *to);
+        let seq = SeqOffset::between(from.rcv_nxt, to.snd_nxt);
+        let ack = SeqOffset::between(from.snd_nxt, to.rcv_nxt);
+        // The window in bytes as the sender meant it, in the receiver's units.
+        // Rounding down never offers more room than the sender has.
+        let bytes = (p.tcp.window as u64) << from.peer_wscale;
+        let window = (bytes >> to.own_wscale).min(u16::MAX as u64) as u16;
+
+        let mut timestamp = None;
+        let mut strip_timestamp = false;
+        if let Some((val, ecr)) = opts.timestamp {
+            match to.ts_now {
+                Some(now) => {
+                    let shift = *self.ts_shift[d.index()].get_or_insert(now.wrapping_sub(val));
+                    let back = self.ts_shift[d.reverse().index()];
+                    let ecr = match back {
+                        Some(b) if ecr != 0 => ecr.wrapping_sub(b),
+                        _ => 0,
+                    };
+                    timestamp = Some((val.wrapping_add(shift), ecr));
+                }
+                None => strip_timestamp = true,
+            }
+        }
+
+        let f = p.tcp.flags;
+        let i = d.index();
+        if f.has(TcpFlags::RST) {
+            self.reset = true;
+        }
+        if f.has(TcpFlags::FIN) {
+            let end = seq.apply(p.tcp.seq).add(p.seq_len());
+            self.fin_end[i] = Some(match self.fin_end[i] {
+                Some(old) => old.max(end),
+                None => end,
+            });
+        }
+        // This segment acknowledges the other direction's FIN once its ACK (in the
+        // space it arrives in, which is the space the FIN was forwarded into) reaches it.
+        let r = d.reverse().index();
+        if f.has(TcpFlags::ACK) {
+            if let Some(end) = self.fin_end[r] {
+                if p.tcp.ack.ge(end) {
+                    self.fin_acked[r] = true;
+                }
+            }
+        }
+        let c = &mut self.counters[i];
+        c.segments += 1;
+        c.bytes += p.payload_len() as u64;
+
+        Plan { src: to.local, dst: to.remote, seq, ack, window, timestamp, strip_timestamp }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::super::csum;
+    use super::super::packet::{build_ipv4_tcp, CsumMode, SegmentSpec};
+
+    const CLIENT: Endpoint = Endpoint { addr: [10, 0, 0, 1], port: 40000 };
+    const PROXY: Endpoint = Endpoint { addr: [10, 0, 0, 100], port: 80 };
+    const PROXY_OUT: Endpoint = Endpoint { addr: [10, 0, 0, 100], port: 50000 };
+    const BACKEND: Endpoint = Endpoint { addr: [10, 0, 0, 21], port: 8080 };
+
+    fn sides() -> (Side, Side) {
+        let client = Side {
+            local: PROXY,
+            remote: CLIENT,
+            snd_nxt: Seq(1000),
+            rcv_nxt: Seq(5000),
+            peer_wscale: 7,
+            own_wscale: 9,
+            ts_now: Some(100_000),
+            sack: true,
+        };
+        let backend = Side {
+            local: PROXY_OUT,
+            remote: BACKEND,
+            snd_nxt: Seq(u32::MAX - 10),
+            rcv_nxt: Seq(70_000),
+            peer_wscale: 5,
+            own_wscale: 7,
+            ts_now: Some(200_000),
+            sack: true,
+        };
+        (client, backend)
+    }
+
+    struct Seg<'a> {
+        src: Endpoint,
+        dst: Endpoint,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+        options: &'a [u8],
+        payload: &'a [u8],
+    }
+
+    fn packet(s: &Seg<'_>) -> ([u8; 256], usize) {
+        let mut out = [0u8; 256];
+        let n = build_ipv4_tcp(
+            &mut out,
+            &SegmentSpec {
+                src: s.src.addr,
+                dst: s.dst.addr,
+                src_port: s.src.port,
+                dst_port: s.dst.port,
+                seq: Seq(s.seq),
+                ack: Seq(s.ack),
+                flags: TcpFlags(s.flags),
+                window: s.window,
+                id: 7,
+                ttl: 64,
+                options: s.options,
+                payload: s.payload,
+            },
+        )
+        .unwrap();
+        (out, n)
+    }
+
+    fn ts_opt(val: u32, ecr: u32) -> [u8; 12] {
+        let mut o = [1, 1, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0];
+        o[4..8].copy_from_slice(&val.to_be_bytes());
+        o[8..12].copy_from_slice(&ecr.to_be_bytes());
+        o
+    }
+
+    /// Run one segment through the splice; return the rewritten packet.
+    fn forward(sp: &mut Splice, s: &Seg<'_>) -> ([u8; 256], usize) {
+        let (mut buf, n) = packet(s);
+        let p = Ipv4Tcp::parse(&buf[..n]).unwrap();
+        let opts = TcpOptions::parse(p.options(&buf[..n])).unwrap();
+        let d = sp.direction(s.src, s.dst).unwrap();
+        let plan = sp.plan(d, &p, &opts);
+        let mut rw = Rewriter::new(&mut buf[..n], CsumMode::Full).unwrap();
+        plan.apply(&mut rw).unwrap();
+        (buf, n)
+    }
+
+    fn checksums_valid(pkt: &[u8]) -> bool {
+        let p = Ipv4Tcp::parse(pkt).unwrap();
+        let ip_ok = csum::checksum(&pkt[..p.ip.header_len]) == 0;
+        let tcp_ok = csum::l4_verify(p.ip.src, p.ip.dst, 6, &pkt[p.ip.header_len..p.ip.total_len]);
+        ip_ok && tcp_ok
+    }
+
+    #[test]
+    fn client_data_becomes_backend_data_at_the_splice_point() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b).unwrap();
+        let opts = ts_opt(5_000, 100_000);
+        let seg = Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x18, window: 100, options: &opts, payload: b"hello" };
+        let (out, n) = forward(&mut sp, &seg);
+        let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+        assert_eq!((p.ip.src, p.tcp.src_port), (PROXY_OUT.addr, PROXY_OUT.port));
+        assert_eq!((p.ip.dst, p.tcp.dst_port), (BACKEND.addr, BACKEND.port));
+        assert_eq!(p.tcp.seq, Seq(u32::MAX - 10), "byte rcv_nxt of the client is byte snd_nxt to the backend");
+        assert_eq!(p.tcp.ack, Seq(70_000), "the client's ack of snd_nxt is the backend's rcv_nxt");
+        // 100 << 7 = 12800 bytes; the backend scales our field by 7.
+        assert_eq!(p.tcp.window, 100);
+        let o = TcpOptions::parse(p.options(&out[..n])).unwrap();
+        assert_eq!(o.timestamp, Some((200_000, 0)), "shifted onto the proxy's clock; its own echo has no counterpart");
+        assert_eq!(&out[p.payload_offset()..n], b"hello");
+        assert!(checksums_valid(&out[..n]));
+        assert_eq!(sp.counters(Dir::FromClient), Counters { segments: 1, bytes: 5 });
+    }
+
+    #[test]
+    fn backend_data_becomes_client_data_and_timestamps_round_trip() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b).unwrap();
+        let copts = ts_opt(5_000, 100_000);
+        forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 100, options: &copts, payload: b"" });
+        // The backend echoes the shifted client value.
+        let bopts = ts_opt(9_000, 200_000);
+        let seg = Seg { src: BACKEND, dst: PROXY_OUT, seq: 70_000, ack: u32::MAX - 10, flags: 0x18, window: 1000, options: &bopts, payload: b"response" };
+        let (out, n) = forward(&mut sp, &seg);
+        let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+        assert_eq!((p.ip.src, p.tcp.src_port, p.ip.dst, p.tcp.dst_port), (PROXY.addr, PROXY.port, CLIENT.addr, CLIENT.port));
+        assert_eq!(p.tcp.seq, Seq(1000));
+        assert_eq!(p.tcp.ack, Seq(5000));
+        // 1000 << 5 = 32000 bytes, >> 9 = 62.
+        assert_eq!(p.tcp.window, 62);
+        let o = TcpOptions::parse(p.options(&out[..n])).unwrap();
+        assert_eq!(o.timestamp, Some((100_000, 5_000)), "the echo is the client's own value again");
+        assert!(checksums_valid(&out[..n]));
+        // And the client's next echo maps back onto the backend's clock.
+        let copts = ts_opt(5_010, 100_000 + 3);
+        let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1008, flags: 0x10, window: 100, options: &copts, payload: b"" });
+        let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+        let o = TcpOptions::parse(p.options(&out[..n])).unwrap();
+        assert_eq!(o.timestamp, Some((200_010, 9_003)));
+        assert_eq!(p.tcp.ack, Seq(70_008));
+    }
+
+    #[test]
+    fn sack_blocks_move_with_the_acknowledgments() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b).unwrap();
+        let mut opts = [1u8, 1, 5, 10, 0, 0, 0, 0, 0, 0, 0, 0];
+        opts[4..8].copy_from_slice(&2000u32.to_be_bytes());
+        opts[8..12].copy_from_slice(&3000u32.to_be_bytes());
+        let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1500, flags: 0x10, window: 10, options: &opts, payload: b"" });
+        let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+        let o = TcpOptions::parse(p.options(&out[..n])).unwrap();
+        assert_eq!(o.sack_blocks(), &[(Seq(71_000), Seq(72_000))]);
+        assert_eq!(p.tcp.ack, Seq(70_500));
+        assert!(checksums_valid(&out[..n]));
+    }
+
+    #[test]
+    fn a_receiver_without_timestamps_gets_the_option_blanked() {
+        let (c, mut b) = sides();
+        b.ts_now = None;
+        let mut sp = Splice::new(c, b).unwrap();
+        let opts = ts_opt(5_000, 100_000);
+        let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 10, options: &opts, payload: b"x" });
+        let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+        let o = TcpOptions::parse(p.options(&out[..n])).unwrap();
+        assert_eq!(o.timestamp, None);
+        assert!(checksums_valid(&out[..n]));
+    }
+
+    #[test]
+    fn blanking_an_oddly_aligned_timestamp_keeps_the_checksum() {
+        let (c, mut b) = sides();
+        b.ts_now = None;
+        let mut sp = Splice::new(c, b).unwrap();
+        let t = ts_opt(0x1234_5678, 0x9abc_def0);
+        let mut opts = [1u8; 12];
+        opts[1..11].copy_from_slice(&t[2..12]);
+        let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 10, options: &opts, payload: b"xyz" });
+        let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+        assert!(p.options(&out[..n]).iter().all(|&b| b == 1));
+        assert!(checksums_valid(&out[..n]));
+    }
+
+    #[test]
+    fn windows_are_rescaled_and_capped() {
+        let (mut c, mut b) = sides();
+        c.peer_wscale = 14;
+        b.own_wscale = 0;
+        let mut sp = Splice::new(c, b).unwrap();
+        let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 8, options: &[], payload: b"" });
+        // 8 << 14 bytes does not fit an unscaled field.
+        assert_eq!(Ipv4Tcp::parse(&out[..n]).unwrap().tcp.window, u16::MAX);
+    }
+
+    #[test]
+    fn the_splice_closes_after_both_fins_are_acknowledged() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b).unwrap();
+        forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x11, window: 10, options: &[], payload: b"ab" });
+        assert_eq!(sp.flags() & 1, 1);
+        // The backend acknowledges the FIN: 2 bytes + FIN after its rcv_nxt... in its space.
+        let fin_end = (u32::MAX - 10).wrapping_add(3);
+        forward(&mut sp, &Seg { src: BACKEND, dst: PROXY_OUT, seq: 70_000, ack: fin_end - 1, flags: 0x10, window: 10, options: &[], payload: b"" });
+        assert_eq!(sp.phase(), Phase::Open);
+        forward(&mut sp, &Seg { src: BACKEND, dst: PROXY_OUT, seq: 70_000, ack: fin_end, flags: 0x11, window: 10, options: &[], payload: b"" });
+        assert_eq!(sp.phase(), Phase::Open, "the backend's FIN is not acknowledged yet");
+        forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5003, ack: 1001, flags: 0x10, window: 10, options: &[], payload: b"" });
+        assert_eq!(sp.phase(), Phase::Closed);
+        assert_eq!(sp.flags(), 0b0111);
+    }
+
+    #[test]
+    fn a_reset_closes_at_once() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b).unwrap();
+        forward(&mut sp, &Seg { src: BACKEND, dst: PROXY_OUT, seq: 70_000, ack: 0, flags: 0x04, window: 0, options: &[], payload: b"" });
+        assert_eq!(sp.phase(), Phase::Closed);
+    }
+
+    #[test]
+    fn frozen_segments_with_data_syn_or_fin_are_held() {
+        let cases: [(u8, &[u8], FrozenVerdict); 5] = [
+            (0x10, b"", FrozenVerdict::Pass),
+            (0x14, b"", FrozenVerdict::Pass),
+            (0x18, b"x", FrozenVerdict::Hold),
+            (0x11, b"", FrozenVerdict::Hold),
+            (0x02, b"", FrozenVerdict::Hold),
+        ];
+        for (flags, payload, want) in cases {
+            let (buf, n) = packet(&Seg { src: CLIENT, dst: PROXY, seq: 1, ack: 1, flags, window: 1, options: &[], payload });
+            assert_eq!(frozen_verdict(&Ipv4Tcp::parse(&buf[..n]).unwrap()), want, "flags {flags:#x}");
+        }
+    }
+
+    #[test]
+    fn bad_sides_are_refused() {
+        let (c, b) = sides();
+        let mut x = c;
+        x.local.port = 0;
+        assert_eq!(validate_pair(&x, &b), Err(SideError::ZeroPort));
+        let mut x = c;
+        x.remote.addr = [224, 0, 0, 1];
+        assert_eq!(validate_pair(&x, &b), Err(SideError::BadAddress));
+        let mut x = b;
+        x.peer_wscale = 15;
+        assert_eq!(validate_pair(&c, &x), Err(SideError::BadWscale));
+        assert_eq!(validate_pair(&c, &c), Err(SideError::Ambiguous));
+        assert!(Splice::new(c, b).is_ok());
+    }
+
+    #[test]
+    fn segments_of_other_connections_have_no_direction() {
+        let (c, b) = sides();
+        let sp = Splice::new(c, b).unwrap();
+        assert_eq!(sp.direction(PROXY, CLIENT), None);
+        assert_eq!(sp.direction(Endpoint { addr: CLIENT.addr, port: 1 }, PROXY), None);
+    }
+
+    #[test]
+    fn partial_checksums_keep_only_the_pseudo_header_in_step() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b).unwrap();
+        let s = Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x18, window: 100, options: &[], payload: b"data" };
+        let (mut buf, n) = packet(&s);
+        // Make the field what a CHECKSUM_PARTIAL packet holds: the folded pseudo-header sum.
+        let p = Ipv4Tcp::parse(&buf[..n]).unwrap();
+        let pseudo = csum::fold(csum::pseudo_header(p.ip.src, p.ip.dst, 6, (n - p.ip.header_len) as u16));
+        let at = p.ip.header_len + 16;
+        buf[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+        let opts = TcpOptions::parse(p.options(&buf[..n])).unwrap();
+        let plan = sp.plan(Dir::FromClient, &p, &opts);
+        let mut rw = Rewriter::new(&mut buf[..n], CsumMode::Partial).unwrap();
+        plan.apply(&mut rw).unwrap();
+        let q = Ipv4Tcp::parse(&buf[..n]).unwrap();
+        let want = csum::fold(csum::pseudo_header(q.ip.src, q.ip.dst, 6, (n - q.ip.header_len) as u16));
+        assert_eq!(u16::from_be_bytes([buf[at], buf[at + 1]]), want);
+    }
+}
