@@ -75,9 +75,9 @@ BASH_COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETIONDIR ?= $(PREFIX)/share/zsh/site-functions
 DOCDIR ?= $(PREFIX)/share/doc/lazarus
 CONFDIR := /etc/lazarus
-KMODS := lazarus_core lazarus_shadow
+KMODS := lazarus_core lazarus_shadow lazarus_splice
 INSTALL_DOCS := docs/architecture.md docs/deployment.md docs/failure-model.md docs/tuning.md docs/shadow-operations.md docs/sysctl.md \
-	docs/troubleshooting.md docs/netlink.md docs/development.md
+	docs/troubleshooting.md docs/netlink.md docs/development.md docs/splice-operations.md
 GENERATED := target/dist
 
 install: modules userspace
@@ -93,16 +93,20 @@ install: modules userspace
 	  [ "$$(uname -r)" = "$$rel" ] || echo "note: this machine runs $$(uname -r); the modules load only on $$rel"; fi
 	install -D -m 0755 target/release/lazarusd "$(DESTDIR)$(SBINDIR)/lazarusd"
 	install -D -m 0755 target/release/lzctl "$(DESTDIR)$(SBINDIR)/lzctl"
+	install -D -m 0755 target/release/lzproxy "$(DESTDIR)$(SBINDIR)/lzproxy"
 	@mkdir -p $(GENERATED)
 	sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/usr/local/share/doc/lazarus/|$(DOCDIR)/|g' \
 		dist/systemd/lazarusd.service > $(GENERATED)/lazarusd.service
+	sed -e 's|/usr/local/sbin/|$(SBINDIR)/|g' -e 's|/usr/local/share/doc/lazarus/|$(DOCDIR)/|g' \
+		dist/systemd/lzproxy.service > $(GENERATED)/lzproxy.service
 	install -D -m 0644 $(GENERATED)/lazarusd.service "$(DESTDIR)$(SYSTEMD_UNITDIR)/lazarusd.service"
+	install -D -m 0644 $(GENERATED)/lzproxy.service "$(DESTDIR)$(SYSTEMD_UNITDIR)/lzproxy.service"
 	target/release/lzctl completions bash > $(GENERATED)/lzctl.bash
 	target/release/lzctl completions zsh > $(GENERATED)/_lzctl
 	install -D -m 0644 $(GENERATED)/lzctl.bash "$(DESTDIR)$(BASH_COMPLETIONDIR)/lzctl"
 	install -D -m 0644 $(GENERATED)/_lzctl "$(DESTDIR)$(ZSH_COMPLETIONDIR)/_lzctl"
 	install -d -m 0755 "$(DESTDIR)$(DOCDIR)"
-	install -m 0644 $(INSTALL_DOCS) dist/lazarus.toml.example dist/cluster.toml.example "$(DESTDIR)$(DOCDIR)/"
+	install -m 0644 $(INSTALL_DOCS) dist/lazarus.toml.example dist/cluster.toml.example dist/lzproxy.toml.example "$(DESTDIR)$(DOCDIR)/"
 	@if [ -e "$(DESTDIR)$(CONFDIR)/lazarus.toml" ]; then \
 	  echo "kept $(DESTDIR)$(CONFDIR)/lazarus.toml (an existing configuration is never replaced)"; \
 	else \
@@ -124,10 +128,10 @@ uninstall:
 	  rel=$${dir#"$(DESTDIR)"/lib/modules/}; rel=$${rel%/extra/lazarus}; \
 	  if [ -z "$(DESTDIR)" ]; then depmod -a "$$rel"; fi; \
 	done
-	rm -f "$(DESTDIR)$(SBINDIR)/lazarusd" "$(DESTDIR)$(SBINDIR)/lzctl"
-	rm -f "$(DESTDIR)$(SYSTEMD_UNITDIR)/lazarusd.service"
+	rm -f "$(DESTDIR)$(SBINDIR)/lazarusd" "$(DESTDIR)$(SBINDIR)/lzctl" "$(DESTDIR)$(SBINDIR)/lzproxy"
+	rm -f "$(DESTDIR)$(SYSTEMD_UNITDIR)/lazarusd.service" "$(DESTDIR)$(SYSTEMD_UNITDIR)/lzproxy.service"
 	rm -f "$(DESTDIR)$(BASH_COMPLETIONDIR)/lzctl" "$(DESTDIR)$(ZSH_COMPLETIONDIR)/_lzctl"
-	rm -f $(patsubst %,"$(DESTDIR)$(DOCDIR)/%",$(notdir $(INSTALL_DOCS)) lazarus.toml.example cluster.toml.example)
+	rm -f $(patsubst %,"$(DESTDIR)$(DOCDIR)/%",$(notdir $(INSTALL_DOCS)) lazarus.toml.example cluster.toml.example lzproxy.toml.example)
 	@rmdir "$(DESTDIR)$(DOCDIR)" 2>/dev/null || true
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "kept $(DESTDIR)$(CONFDIR) (configuration and cluster key)"

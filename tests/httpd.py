@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A deterministic HTTP/1.1 test backend (keep-alive, one event loop).
 
-    GET  /.../bytes/<n>?seed=<s>   n bytes of the seeded stream of lzserver.stream
+    GET  /.../bytes/<n>?seed=<s>[&rate=<r>]
+                                   n bytes of the seeded stream of lzserver.stream,
+                                   at about r bytes/s when given
     PUT or POST /...               reads Content-Length bytes, replies with their
                                    SHA-256 (hex) and a newline
 
@@ -17,7 +19,8 @@ import sys
 
 from lzserver import CHUNK, stream
 
-BYTES = re.compile(rb"/bytes/(\d+)(?:\?seed=(\d+))?$")
+BYTES = re.compile(rb"/bytes/(\d+)(?:\?seed=(\d+)(?:&rate=(\d+))?)?$")
+PACED_CHUNK = 16384
 
 
 async def read_head(reader):
@@ -48,12 +51,19 @@ async def handle(reader, writer, name):
             close = headers.get("connection", "").lower() == "close"
             m = BYTES.search(target)
             if method in ("GET", "HEAD") and m:
-                n, seed = int(m.group(1)), int(m.group(2) or 0)
+                n, seed, rate = int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0)
                 writer.write(head_bytes("200 OK", name, n, close))
                 if method == "GET":
-                    for b in stream(seed, n):
+                    loop = asyncio.get_running_loop()
+                    start, sent = loop.time(), 0
+                    for b in stream(seed, n, PACED_CHUNK if rate else CHUNK):
                         writer.write(b)
                         await writer.drain()
+                        sent += len(b)
+                        if rate:
+                            # Pace the sender itself: a client that reads slowly only
+                            # fills its socket buffer.
+                            await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
             elif method in ("PUT", "POST"):
                 n, h = int(headers.get("content-length", "0")), hashlib.sha256()
                 if headers.get("expect", "").lower() == "100-continue":

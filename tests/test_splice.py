@@ -9,6 +9,7 @@ Every check compares the received bytes exactly, by SHA-256.
 import hashlib
 import json
 import os
+import shlex
 import time
 
 from lzbench import Bench, lzctl_path, sha256_file
@@ -141,3 +142,121 @@ def test_concurrent_downloads_and_uploads_through_the_splice_arrive_exact():
         assert not left, f"splices left: {left}"
         s = splice_status(proxy)["stats"]
         assert s["closed"] == len(jobs), f"closed {s['closed']}, expired {s['expired']}"
+
+
+VIP = "10.77.0.100"
+KEY = "lazarus test cluster key 0001"
+
+
+def cluster_config(me, name, peers, backends):
+    lines = [
+        "[proxy]",
+        f'listen = "{VIP}:80"',
+        "header_timeout_ms = 3000",
+        "",
+        "[cluster]",
+        f'name = "{name}"',
+        f'vip = "{VIP}"',
+        'dev = "lz0"',
+        "heartbeat_ms = 100",
+        'key_file = "/tmp/lz.key"',
+        "",
+    ]
+    for pname, g in peers:
+        lines += ["[[peer]]", f'name = "{pname}"', f'addr = "{g.addr}"', ""]
+    for i, g in enumerate(backends, start=1):
+        lines += ["[[backend]]", f'name = "b{i}"', f'addr = "{g.addr}:{BACKEND_PORT}"', ""]
+    lines += ['[[route]]', 'path_prefix = "/one/"', 'backends = ["b1"]', "",
+              '[[route]]', 'path_prefix = "/"', 'backends = ["b2"]']
+    return "\n".join(lines)
+
+
+def start_cluster_proxy(g, name, peers, backends):
+    g.insmod("lazarus_splice")
+    g.run(f"""umask 077; printf %s '{KEY}' > /tmp/lz.key
+cat > /tmp/lzproxy.toml <<'CFG'
+{cluster_config(g, name, peers, backends)}
+CFG
+{LZPROXY} --config /tmp/lzproxy.toml --check
+ulimit -n 8192
+setsid {LZPROXY} --config /tmp/lzproxy.toml </dev/null >/tmp/lzproxy.log 2>&1 &
+for i in $(seq 100); do ss -lnt | grep -q '{VIP}:80 ' && exit 0; sleep 0.1; done; cat /tmp/lzproxy.log; exit 1""")
+
+
+def holds_vip(g):
+    return f" {VIP}/32 " in g.out("ip -4 addr show dev lz0")
+
+
+def wait_for(what, pred, timeout=20.0, step=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_proxy_killed_mid_transfer_loses_no_spliced_connection():
+    with Bench(4, name="lzspf") as b:
+        p1, p2, b1, b2 = b.guests
+        start_backend(b1, "b1")
+        start_backend(b2, "b2")
+        start_cluster_proxy(p1, "p1", [("p2", p2)], [b1, b2])
+        wait_for("p1 to hold the service address", lambda: holds_vip(p1))
+        start_cluster_proxy(p2, "p2", [("p1", p1)], [b1, b2])
+        time.sleep(1.0)
+        assert not holds_vip(p2), "the standby took the address while the active proxy was alive"
+
+        work = b.workdir
+        jobs = []
+        # Transfers paced to last about 20 s, so that the failure lands in their middle.
+        for i in range(6):
+            n = 3_000_000 + 100_000 * i
+            route = "one" if i % 2 == 0 else "two"
+            out = os.path.join(work, f"get{i}")
+            url = f"http://{VIP}/{route}/bytes/{n}?seed={300 + i}&rate=150000"
+            jobs.append(("get", out, (n, 300 + i), curl(b, shlex.quote(url), out)))
+        for i in range(3):
+            n = 3_000_000 + 77_000 * i
+            src = os.path.join(work, f"up{i}.bin")
+            with open(src, "wb") as f:
+                for chunk in stream(700 + i, n):
+                    f.write(chunk)
+            out = os.path.join(work, f"put{i}")
+            jobs.append(("put", out, (src,), curl(b, f"--limit-rate 150K -T {src} http://{VIP}/upload/{i}", out)))
+
+        # Every connection is spliced on p1 and copied to p2 before p1 dies.
+        started = time.monotonic()
+        wait_for("every connection to be spliced on p1", lambda: splice_status(p1)["stats"]["splices"] >= len(jobs))
+        print(f"spliced after {time.monotonic() - started:.2f} s")
+        wait_for("p2 to hold a copy of each splice", lambda: len(splice_list(p2)) >= len(jobs))
+        print(f"copied after {time.monotonic() - started:.2f} s")
+        print("p1 splices:", splice_status(p1)["stats"], "p2:", splice_status(p2)["stats"])
+        progress = splice_status(p1)["stats"]["forwarded_bytes"]
+        p1.fence()
+        killed = time.monotonic()
+        wait_for("p2 to take the service address over", lambda: holds_vip(p2), timeout=10)
+        print(f"p2 holds {VIP} {time.monotonic() - killed:.2f} s after p1 died")
+
+        for kind, out, info, p in jobs:
+            assert p.wait(timeout=180) == 0, f"curl failed: {open(out + '.meta').read()}\np2 log:\n{p2.out('cat /tmp/lzproxy.log')}"
+            if kind == "get":
+                n, seed = info
+                assert os.path.getsize(out) == n, f"{out}: {os.path.getsize(out)} bytes, expected {n}"
+                assert sha256_file(out) == stream_sha(seed, n), f"{out}: wrong bytes"
+            else:
+                (src,) = info
+                with open(out) as f:
+                    assert f.read().strip() == sha256_file(src), f"{out}: the backend received other bytes"
+        st2 = splice_status(p2)
+        s = st2["stats"]
+        print("p2 after:", s, f"last send errno {st2['last_send_errno']}; p1 had forwarded {progress} bytes")
+        assert s["installed"] >= len(jobs)
+        total = sum(os.path.getsize(out) for kind, out, _, _ in jobs if kind == "get") + sum(os.path.getsize(i[0]) for kind, _, i, _ in jobs if kind == "put")
+        assert s["forwarded_bytes"] >= 0.2 * total, f"p2 forwarded {s['forwarded_bytes']} of {total} bytes: the failure did not land mid-transfer"
+        assert s["send_errors"] == 0 and s["rewrite_errors"] == 0
+        # A new connection goes to the new active proxy.
+        out = os.path.join(work, "after")
+        assert curl(b, f"http://{VIP}/one/bytes/100000?seed=9", out).wait(timeout=60) == 0
+        assert sha256_file(out) == stream_sha(9, 100_000)

@@ -8,7 +8,8 @@ use super::lzk::net::Net;
 use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::genl_splice::{self as spec, cmd, entry_attr as ea, splice_attr as a, state, stats_attr as st};
 use super::lzk::proto::seq::Seq;
-use super::lzk::proto::splice::{Dir, Endpoint, Side, Splice};
+use super::lzk::proto::splice::{ts_shift, Dir, Endpoint, Side, Splice};
+use super::lzk::skbq::SkbQueue;
 use super::lzk::tcp::EstablishedSock;
 use super::{bump, now_ms, Entry, Refusal, Shared, State, MAX_SPLICES, VERSION};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -152,6 +153,7 @@ impl Control {
             m.put_u32(a::SPLICES, s.count.load(Ordering::Relaxed))?;
             m.put_u32(a::IDLE_TIMEOUT_MS, s.idle_ms.load(Ordering::Relaxed))?;
             m.put_u32(a::LINGER_MS, s.linger_ms.load(Ordering::Relaxed))?;
+            m.put_u32(a::LAST_SEND_ERRNO, s.last_send_errno.load(Ordering::Relaxed))?;
             put_stats(m, &s.stats)
         })
     }
@@ -192,7 +194,7 @@ impl Control {
             return Err(refuse(s, req, c"no established connection of this host has one of the 4-tuples", ENOENT));
         }
         let now = now_ms();
-        let r = s.with_table(|t| t.freeze(key_of(&client), key_of(&backend), now));
+        let r = s.with_table(|t| t.add(key_of(&client), key_of(&backend), State::Frozen(SkbQueue::default()), now));
         let id = match r {
             Ok(id) => id,
             Err(Refusal::Taken) => return Err(refuse(s, req, c"one of the connections is frozen or spliced already", EEXIST)),
@@ -206,7 +208,7 @@ impl Control {
         req.reply(c, |m| m.put_u32(a::ID, id))
     }
 
-    fn splice(&self, req: &Request<'_>) -> Result {
+    fn splice(&self, c: u8, req: &Request<'_>) -> Result {
         let s = &*self.shared;
         let Some(id) = req.u32(a::ID) else {
             return Err(refuse(s, req, c"missing attribute: id", EINVAL));
@@ -214,7 +216,15 @@ impl Control {
         let (Some(client), Some(backend)) = (side(req, &CLIENT), side(req, &BACKEND)) else {
             return Err(refuse(s, req, c"splice needs every client-* and backend-* attribute (ts-now only with timestamps)", EINVAL));
         };
-        let sp = match Splice::new(client, backend) {
+        let net = req.net();
+        // Fix each direction's timestamp shift from the peer's latest value, which
+        // only the socket knows (see `ts_shift`).
+        let recent = |sd: &Side| socket_of(net, sd).and_then(|k| k.ts_recent());
+        let shifts = [
+            backend.ts_now.zip(recent(&client)).map(|(now, r)| ts_shift(now, r)),
+            client.ts_now.zip(recent(&backend)).map(|(now, r)| ts_shift(now, r)),
+        ];
+        let sp = match Splice::new(client, backend, shifts) {
             Ok(sp) => sp,
             Err(e) => {
                 bump(&s.stats.refused);
@@ -222,7 +232,6 @@ impl Control {
                 return Err(EINVAL);
             }
         };
-        let net = req.net();
         for (side, at) in [(&client, &CLIENT), (&backend, &BACKEND)] {
             if let Err(m) = check_socket(net, side) {
                 let msg = match (m, at.name == CLIENT.name) {
@@ -256,10 +265,39 @@ impl Control {
             Ok(held) => {
                 bump(&s.stats.splices);
                 s.release(held);
-                Ok(())
+                req.reply(c, |m| put_shifts(m, shifts))
             }
             Err(msg) => Err(refuse(s, req, msg, ENOENT)),
         }
+    }
+
+    fn install(&self, c: u8, req: &Request<'_>) -> Result {
+        let s = &*self.shared;
+        let (Some(client), Some(backend)) = (side(req, &CLIENT), side(req, &BACKEND)) else {
+            return Err(refuse(s, req, c"install needs every client-* and backend-* attribute (ts-now only with timestamps)", EINVAL));
+        };
+        let shifts = [req.u32(a::TS_SHIFT_TO_BACKEND), req.u32(a::TS_SHIFT_TO_CLIENT)];
+        let sp = match Splice::new(client, backend, shifts) {
+            Ok(sp) => sp,
+            Err(e) => {
+                bump(&s.stats.refused);
+                req.set_message(side_error_message(e));
+                return Err(EINVAL);
+            }
+        };
+        let now = now_ms();
+        let r = s.with_table(|t| t.add(key_of(&client), key_of(&backend), State::Spliced(sp), now));
+        let id = match r {
+            Ok(id) => id,
+            Err(Refusal::Taken) => return Err(refuse(s, req, c"one of the connections is frozen or spliced already", EEXIST)),
+            Err(Refusal::Full) => {
+                bump(&s.stats.table_full);
+                req.set_message(c"the splice table is full");
+                return Err(ENOSPC);
+            }
+        };
+        bump(&s.stats.installed);
+        req.reply(c, |m| m.put_u32(a::ID, id))
     }
 
     fn abort(&self, req: &Request<'_>) -> Result {
@@ -288,16 +326,28 @@ fn side_error_message(e: super::lzk::proto::splice::SideError) -> &'static core:
     }
 }
 
+fn put_shifts(m: &mut Message, shifts: [Option<u32>; 2]) -> Result {
+    if let Some(v) = shifts[Dir::FromClient as usize] {
+        m.put_u32(a::TS_SHIFT_TO_BACKEND, v)?;
+    }
+    if let Some(v) = shifts[Dir::FromBackend as usize] {
+        m.put_u32(a::TS_SHIFT_TO_CLIENT, v)?;
+    }
+    Ok(())
+}
+
 fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
-    let all: [(u16, &AtomicU64); 13] = [
+    let all: [(u16, &AtomicU64); 15] = [
         (st::PRE_SPLICES, &s.pre_splices),
         (st::SPLICES, &s.splices),
+        (st::INSTALLED, &s.installed),
         (st::ABORTED, &s.aborted),
         (st::HELD, &s.held),
         (st::HOLD_OVERFLOWS, &s.hold_overflows),
         (st::FORWARDED_SEGMENTS, &s.forwarded_segments),
         (st::FORWARDED_BYTES, &s.forwarded_bytes),
         (st::SEND_ERRORS, &s.send_errors),
+        (st::SEND_DROPPED, &s.send_dropped),
         (st::REWRITE_ERRORS, &s.rewrite_errors),
         (st::CLOSED, &s.closed),
         (st::EXPIRED, &s.expired),
@@ -385,7 +435,8 @@ impl genl::Family for Control {
             cmd::GET_STATUS => self.status(c, req),
             cmd::CONFIGURE => self.configure(req),
             cmd::PRE_SPLICE => self.pre_splice(c, req),
-            cmd::SPLICE => self.splice(req),
+            cmd::SPLICE => self.splice(c, req),
+            cmd::INSTALL => self.install(c, req),
             cmd::ABORT => self.abort(req),
             _ => Err(EOPNOTSUPP()),
         }

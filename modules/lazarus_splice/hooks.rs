@@ -115,7 +115,14 @@ impl HookHandler for Handler {
         }
     }
 
-    fn send_failed(&self, _err: kernel::error::Error) {
-        bump(&self.shared.stats.send_errors);
+    fn send_failed(&self, err: kernel::error::Error) {
+        // A full queue drops forwarded traffic the same way; anything else (no
+        // route, say) is worth an operator's attention.
+        if err == kernel::error::code::ENOBUFS {
+            bump(&self.shared.stats.send_dropped);
+        } else {
+            bump(&self.shared.stats.send_errors);
+        }
+        self.shared.last_send_errno.store(err.to_errno().unsigned_abs(), Ordering::Relaxed);
     }
 }

@@ -118,15 +118,15 @@ impl Table {
         })
     }
 
-    /// Freeze a new pair; its handle.
-    pub(crate) fn freeze(&mut self, client_key: FlowKey, backend_key: FlowKey, now: u64) -> core::result::Result<u32, Refusal> {
+    /// Add a pair in `state` (frozen, or spliced from a peer's state); its handle.
+    pub(crate) fn add(&mut self, client_key: FlowKey, backend_key: FlowKey, state: State, now: u64) -> core::result::Result<u32, Refusal> {
         if self.keys.get(&client_key).is_some() || self.keys.get(&backend_key).is_some() {
             return Err(Refusal::Taken);
         }
         let entry = Entry {
             client_key,
             backend_key,
-            state: State::Frozen(SkbQueue::default()),
+            state,
             created_ms: now,
             last_ms: now,
             closed_ms: None,
@@ -157,12 +157,14 @@ impl Table {
 pub(crate) struct Stats {
     pub(crate) pre_splices: AtomicU64,
     pub(crate) splices: AtomicU64,
+    pub(crate) installed: AtomicU64,
     pub(crate) aborted: AtomicU64,
     pub(crate) held: AtomicU64,
     pub(crate) hold_overflows: AtomicU64,
     pub(crate) forwarded_segments: AtomicU64,
     pub(crate) forwarded_bytes: AtomicU64,
     pub(crate) send_errors: AtomicU64,
+    pub(crate) send_dropped: AtomicU64,
     pub(crate) rewrite_errors: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) expired: AtomicU64,
@@ -185,6 +187,8 @@ pub(crate) fn bump(c: &AtomicU64) {
 #[pin_data]
 pub(crate) struct Shared {
     pub(crate) count: AtomicU32,
+    /// The errno of the latest failed send, for diagnosis.
+    pub(crate) last_send_errno: AtomicU32,
     pub(crate) idle_ms: AtomicU32,
     pub(crate) linger_ms: AtomicU32,
     pub(crate) stats: Stats,
@@ -202,6 +206,7 @@ impl Shared {
     fn new(table: Table) -> impl PinInit<Self> {
         pin_init!(Shared {
             count: AtomicU32::new(0),
+            last_send_errno: AtomicU32::new(0),
             idle_ms: AtomicU32::new(IDLE_DEFAULT_MS),
             linger_ms: AtomicU32::new(LINGER_DEFAULT_MS),
             stats: Stats::default(),

@@ -108,6 +108,25 @@ impl EstablishedSock {
         })
     }
 
+    /// The peer's latest timestamp value (`ts_recent`), or `None` when the connection
+    /// does not use timestamps or this is not a full socket. Read without the socket
+    /// lock, like [`EstablishedSock::progress`]. Any context.
+    pub fn ts_recent(&self) -> Option<u32> {
+        if QUIET_STATES.contains(&self.state()) {
+            return None;
+        }
+        // SAFETY: A full TCP socket (state checked above), valid while referenced
+        // (type invariant). `ts_recent` is one aligned word; the option bits are
+        // fixed once the connection is established.
+        unsafe {
+            let tp = bindings::tcp_sk(self.sk.as_ptr());
+            if (*tp).rx_opt.tstamp_ok() == 0 {
+                return None;
+            }
+            Some(core::ptr::read_volatile(&(*tp).rx_opt.ts_recent))
+        }
+    }
+
     /// Abort the connection: a RST goes to the peer and the socket is closed with
     /// `ECONNABORTED` for its program. Process context (takes the socket lock).
     pub fn abort(&self) {

@@ -66,19 +66,25 @@ pub mod splice_attr {
     pub const BACKEND_TS_NOW: u16 = 21;
     /// 1 when SACK was negotiated with the backend.
     pub const BACKEND_SACK: u16 = 22;
+    /// Added to the client's timestamp values on their way to the backend (fixed when splicing; absent without timestamps).
+    pub const TS_SHIFT_TO_BACKEND: u16 = 23;
+    /// Added to the backend's timestamp values on their way to the client.
+    pub const TS_SHIFT_TO_CLIENT: u16 = 24;
     /// A splice with no segment in either direction for this long is dropped (default 900000, at least 1000).
-    pub const IDLE_TIMEOUT_MS: u16 = 23;
+    pub const IDLE_TIMEOUT_MS: u16 = 25;
     /// A closed splice keeps forwarding stragglers this long (default 10000, at least 100, at most 600000).
-    pub const LINGER_MS: u16 = 24;
+    pub const LINGER_MS: u16 = 26;
     /// Splices the table holds (fixed when the module loads).
-    pub const MAX_SPLICES: u16 = 25;
+    pub const MAX_SPLICES: u16 = 27;
     /// Splices in the table now, frozen ones included.
-    pub const SPLICES: u16 = 26;
+    pub const SPLICES: u16 = 28;
+    /// The errno of the latest segment that could not be routed or sent (0 if none).
+    pub const LAST_SEND_ERRNO: u16 = 29;
     /// Counters since the module was loaded.
-    pub const STATS: u16 = 27;
+    pub const STATS: u16 = 30;
     /// One splice, in a dump.
-    pub const ENTRY: u16 = 28;
-    pub const MAX: u16 = 28;
+    pub const ENTRY: u16 = 31;
+    pub const MAX: u16 = 31;
 }
 
 /// Attributes of the `stats` set.
@@ -87,29 +93,33 @@ pub mod stats_attr {
     pub const PRE_SPLICES: u16 = 1;
     /// Splices set up.
     pub const SPLICES: u16 = 2;
+    /// Splices installed from a peer proxy's state.
+    pub const INSTALLED: u16 = 3;
     /// Freezes undone (the proxy went on relaying itself).
-    pub const ABORTED: u16 = 3;
+    pub const ABORTED: u16 = 4;
     /// Segments held while frozen.
-    pub const HELD: u16 = 4;
+    pub const HELD: u16 = 5;
     /// Segments dropped while frozen because the hold queue was full (the sender retransmits them).
-    pub const HOLD_OVERFLOWS: u16 = 5;
+    pub const HOLD_OVERFLOWS: u16 = 6;
     /// Segments rewritten and sent on.
-    pub const FORWARDED_SEGMENTS: u16 = 6;
+    pub const FORWARDED_SEGMENTS: u16 = 7;
     /// Payload bytes rewritten and sent on.
-    pub const FORWARDED_BYTES: u16 = 7;
-    /// Rewritten segments that could not be routed or sent (counted, then dropped; TCP retransmits).
-    pub const SEND_ERRORS: u16 = 8;
+    pub const FORWARDED_BYTES: u16 = 8;
+    /// Rewritten segments that could not be routed or sent for another reason than a full queue (counted, then dropped; TCP retransmits).
+    pub const SEND_ERRORS: u16 = 9;
+    /// Rewritten segments a full queue on the way out dropped (ENOBUFS), as it drops forwarded traffic under congestion; TCP retransmits them.
+    pub const SEND_DROPPED: u16 = 10;
     /// Segments of a splice that could not be rewritten (malformed options, no memory); dropped.
-    pub const REWRITE_ERRORS: u16 = 9;
+    pub const REWRITE_ERRORS: u16 = 11;
     /// Splices that ended after both FINs or a reset, and their linger.
-    pub const CLOSED: u16 = 10;
+    pub const CLOSED: u16 = 12;
     /// Splices dropped after idle-timeout-ms without a segment.
-    pub const EXPIRED: u16 = 11;
+    pub const EXPIRED: u16 = 13;
     /// Pre-splice requests refused because the table was full.
-    pub const TABLE_FULL: u16 = 12;
+    pub const TABLE_FULL: u16 = 14;
     /// Requests refused as malformed or inconsistent (bad addresses, unknown id, a 4-tuple already spliced).
-    pub const REFUSED: u16 = 13;
-    pub const MAX: u16 = 13;
+    pub const REFUSED: u16 = 15;
+    pub const MAX: u16 = 15;
 }
 
 /// Attributes of the `entry` set.
@@ -162,10 +172,13 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: splice_attr::BACKEND_OWN_WSCALE, kind: AttrKind::U8, min: None, max: Some(14), max_len: 0 },
     AttrPolicy { id: splice_attr::BACKEND_TS_NOW, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::BACKEND_SACK, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
+    AttrPolicy { id: splice_attr::TS_SHIFT_TO_BACKEND, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::TS_SHIFT_TO_CLIENT, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::IDLE_TIMEOUT_MS, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::LINGER_MS, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::MAX_SPLICES, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::SPLICES, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::LAST_SEND_ERRNO, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::STATS, kind: AttrKind::Nest, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::ENTRY, kind: AttrKind::Nest, min: None, max: None, max_len: 0 },
 ];
@@ -176,8 +189,9 @@ pub mod cmd {
     pub const CONFIGURE: u8 = 2;
     pub const PRE_SPLICE: u8 = 3;
     pub const SPLICE: u8 = 4;
-    pub const ABORT: u8 = 5;
-    pub const SPLICE_GET: u8 = 6;
+    pub const INSTALL: u8 = 5;
+    pub const ABORT: u8 = 6;
+    pub const SPLICE_GET: u8 = 7;
 }
 
 /// Operations the kernel registers (notifications are not requests).
@@ -186,6 +200,7 @@ pub const OPS: &[OpSpec] = &[
     OpSpec { cmd: cmd::CONFIGURE, name: "configure", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::PRE_SPLICE, name: "pre-splice", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::SPLICE, name: "splice", admin: true, has_do: true, has_dump: false },
+    OpSpec { cmd: cmd::INSTALL, name: "install", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::ABORT, name: "abort", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::SPLICE_GET, name: "splice-get", admin: false, has_do: false, has_dump: true },
 ];

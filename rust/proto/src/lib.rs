@@ -26,6 +26,7 @@ pub mod http;
 pub mod packet;
 pub mod ports;
 pub mod progress;
+pub mod proxypeer;
 pub mod ratelimit;
 pub mod seq;
 pub mod sha256;

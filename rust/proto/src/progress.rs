@@ -527,7 +527,7 @@ mod tests {
         assert!(!w.push(&record(99)));
         let bytes = w.bytes().to_vec();
         assert_eq!(bytes.len(), MAX_LEN);
-        assert!(MAX_LEN <= 1472, "one datagram on a 1500-byte MTU");
+        const { assert!(MAX_LEN <= 1472, "one datagram on a 1500-byte MTU") };
         let r = Report::parse(&bytes).unwrap();
         assert_eq!(r.header, header());
         let recs: Vec<_> = r.records().collect();

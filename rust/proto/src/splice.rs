@@ -175,6 +175,16 @@ pub fn frozen_verdict(p: &Ipv4Tcp) -> FrozenVerdict {
     }
 }
 
+/// The timestamp shift for segments arriving from a peer whose latest value the
+/// proxy saw is `peer_recent` and forwarded on a connection where the proxy's clock
+/// reads `to_now`: every later value of the peer maps at or above what the proxy has
+/// sent there, so the receiver's PAWS check passes. Fixing the shift when splicing
+/// (rather than at the first stamped segment) makes it part of the state a peer proxy
+/// can be given.
+pub const fn ts_shift(to_now: u32, peer_recent: u32) -> u32 {
+    to_now.wrapping_sub(peer_recent)
+}
+
 /// How a spliced connection is doing.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
@@ -255,13 +265,14 @@ pub struct Splice {
 }
 
 impl Splice {
-    /// Splice `client` to `backend`.
-    pub fn new(client: Side, backend: Side) -> Result<Self, SideError> {
+    /// Splice `client` to `backend`. `ts_shifts` fixes the timestamp shift of each
+    /// direction (indexed by [`Dir`]) where it is known; see [`ts_shift`].
+    pub fn new(client: Side, backend: Side, ts_shifts: [Option<u32>; 2]) -> Result<Self, SideError> {
         validate_pair(&client, &backend)?;
         Ok(Splice {
             client,
             backend,
-            ts_shift: [None; 2],
+            ts_shift: ts_shifts,
             fin_end: [None; 2],
             fin_acked: [false; 2],
             reset: false,
@@ -277,6 +288,11 @@ impl Splice {
     /// The backend connection as handed over.
     pub fn backend(&self) -> &Side {
         &self.backend
+    }
+
+    /// The timestamp shift of each direction, where fixed.
+    pub fn ts_shifts(&self) -> [Option<u32>; 2] {
+        self.ts_shift
     }
 
     /// Counters of one direction.
@@ -478,7 +494,7 @@ mod tests {
     #[test]
     fn client_data_becomes_backend_data_at_the_splice_point() {
         let (c, b) = sides();
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         let opts = ts_opt(5_000, 100_000);
         let seg = Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x18, window: 100, options: &opts, payload: b"hello" };
         let (out, n) = forward(&mut sp, &seg);
@@ -499,7 +515,7 @@ mod tests {
     #[test]
     fn backend_data_becomes_client_data_and_timestamps_round_trip() {
         let (c, b) = sides();
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         let copts = ts_opt(5_000, 100_000);
         forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 100, options: &copts, payload: b"" });
         // The backend echoes the shifted client value.
@@ -525,9 +541,24 @@ mod tests {
     }
 
     #[test]
+    fn shifts_fixed_at_the_splice_hold_from_the_first_segment() {
+        let (c, b) = sides();
+        // The proxy last saw 4_990 from the client and 8_000 from the backend.
+        let shifts = [Some(ts_shift(b.ts_now.unwrap(), 4_990)), Some(ts_shift(c.ts_now.unwrap(), 8_000))];
+        let mut sp = Splice::new(c, b, shifts).unwrap();
+        let copts = ts_opt(5_000, 100_000);
+        let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 100, options: &copts, payload: b"" });
+        let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+        let o = TcpOptions::parse(p.options(&out[..n])).unwrap();
+        // 10 ms after the value the proxy saw: 10 ms after the proxy's own clock.
+        assert_eq!(o.timestamp, Some((200_010, 100_000u32.wrapping_sub(100_000 - 8_000))));
+        assert_eq!(sp.ts_shifts(), shifts);
+    }
+
+    #[test]
     fn sack_blocks_move_with_the_acknowledgments() {
         let (c, b) = sides();
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         let mut opts = [1u8, 1, 5, 10, 0, 0, 0, 0, 0, 0, 0, 0];
         opts[4..8].copy_from_slice(&2000u32.to_be_bytes());
         opts[8..12].copy_from_slice(&3000u32.to_be_bytes());
@@ -543,7 +574,7 @@ mod tests {
     fn a_receiver_without_timestamps_gets_the_option_blanked() {
         let (c, mut b) = sides();
         b.ts_now = None;
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         let opts = ts_opt(5_000, 100_000);
         let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 10, options: &opts, payload: b"x" });
         let p = Ipv4Tcp::parse(&out[..n]).unwrap();
@@ -556,7 +587,7 @@ mod tests {
     fn blanking_an_oddly_aligned_timestamp_keeps_the_checksum() {
         let (c, mut b) = sides();
         b.ts_now = None;
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         let t = ts_opt(0x1234_5678, 0x9abc_def0);
         let mut opts = [1u8; 12];
         opts[1..11].copy_from_slice(&t[2..12]);
@@ -571,7 +602,7 @@ mod tests {
         let (mut c, mut b) = sides();
         c.peer_wscale = 14;
         b.own_wscale = 0;
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         let (out, n) = forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x10, window: 8, options: &[], payload: b"" });
         // 8 << 14 bytes does not fit an unscaled field.
         assert_eq!(Ipv4Tcp::parse(&out[..n]).unwrap().tcp.window, u16::MAX);
@@ -580,7 +611,7 @@ mod tests {
     #[test]
     fn the_splice_closes_after_both_fins_are_acknowledged() {
         let (c, b) = sides();
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         forward(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x11, window: 10, options: &[], payload: b"ab" });
         assert_eq!(sp.flags() & 1, 1);
         // The backend acknowledges the FIN: 2 bytes + FIN after its rcv_nxt... in its space.
@@ -597,7 +628,7 @@ mod tests {
     #[test]
     fn a_reset_closes_at_once() {
         let (c, b) = sides();
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         forward(&mut sp, &Seg { src: BACKEND, dst: PROXY_OUT, seq: 70_000, ack: 0, flags: 0x04, window: 0, options: &[], payload: b"" });
         assert_eq!(sp.phase(), Phase::Closed);
     }
@@ -630,13 +661,13 @@ mod tests {
         x.peer_wscale = 15;
         assert_eq!(validate_pair(&c, &x), Err(SideError::BadWscale));
         assert_eq!(validate_pair(&c, &c), Err(SideError::Ambiguous));
-        assert!(Splice::new(c, b).is_ok());
+        assert!(Splice::new(c, b, [None; 2]).is_ok());
     }
 
     #[test]
     fn segments_of_other_connections_have_no_direction() {
         let (c, b) = sides();
-        let sp = Splice::new(c, b).unwrap();
+        let sp = Splice::new(c, b, [None; 2]).unwrap();
         assert_eq!(sp.direction(PROXY, CLIENT), None);
         assert_eq!(sp.direction(Endpoint { addr: CLIENT.addr, port: 1 }, PROXY), None);
     }
@@ -644,7 +675,7 @@ mod tests {
     #[test]
     fn partial_checksums_keep_only_the_pseudo_header_in_step() {
         let (c, b) = sides();
-        let mut sp = Splice::new(c, b).unwrap();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
         let s = Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x18, window: 100, options: &[], payload: b"data" };
         let (mut buf, n) = packet(&s);
         // Make the field what a CHECKSUM_PARTIAL packet holds: the folded pseudo-header sum.

@@ -30,7 +30,7 @@ pub enum SpliceCmd {
 
 fn status_lines(s: &SpliceStatus) -> Vec<String> {
     let st = &s.stats;
-    vec![
+    let mut v = vec![
         format!("lazarus_splice {}", s.version),
         format!("  splices:        {} of {}", s.splices, s.max_splices),
         format!("  idle timeout:   {} ms", s.idle_timeout_ms),
@@ -39,8 +39,13 @@ fn status_lines(s: &SpliceStatus) -> Vec<String> {
         format!("  forwarded:      {} segments, {} bytes", st.forwarded_segments, st.forwarded_bytes),
         format!("  ended:          {} closed, {} idle", st.closed, st.expired),
         format!("  held:           {} (overflowed {})", st.held, st.hold_overflows),
+        format!("  dropped:        {} by a full queue on the way out", st.send_dropped),
         format!("  errors:         {} send, {} rewrite, {} refused, {} table full", st.send_errors, st.rewrite_errors, st.refused, st.table_full),
-    ]
+    ];
+    if s.last_send_errno != 0 {
+        v.push(format!("  last send error: {}", std::io::Error::from_raw_os_error(s.last_send_errno as i32)));
+    }
+    v
 }
 
 fn list_lines(l: &[SpliceEntry]) -> Vec<String> {

@@ -8,7 +8,7 @@ pub mod attrs;
 mod shadow;
 mod splice;
 
-pub use splice::{SpliceClient, SpliceEntry, SpliceSide, SpliceStats, SpliceStatus};
+pub use splice::{SpliceClient, SpliceEntry, SpliceSide, SpliceStats, SpliceStatus, TsShifts};
 pub use shadow::{
     conn_flags, ClusterKey, PlannedRefusal, PlannedTakeover, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStats,
     ShadowStatus, TakeoverReply,

@@ -51,12 +51,14 @@ fn tuple_attrs(client: (SocketAddrV4, SocketAddrV4), backend: (SocketAddrV4, Soc
 pub struct SpliceStats {
     pub pre_splices: u64,
     pub splices: u64,
+    pub installed: u64,
     pub aborted: u64,
     pub held: u64,
     pub hold_overflows: u64,
     pub forwarded_segments: u64,
     pub forwarded_bytes: u64,
     pub send_errors: u64,
+    pub send_dropped: u64,
     pub rewrite_errors: u64,
     pub closed: u64,
     pub expired: u64,
@@ -71,12 +73,14 @@ impl SpliceStats {
         SpliceStats {
             pre_splices: g(st::PRE_SPLICES),
             splices: g(st::SPLICES),
+            installed: g(st::INSTALLED),
             aborted: g(st::ABORTED),
             held: g(st::HELD),
             hold_overflows: g(st::HOLD_OVERFLOWS),
             forwarded_segments: g(st::FORWARDED_SEGMENTS),
             forwarded_bytes: g(st::FORWARDED_BYTES),
             send_errors: g(st::SEND_ERRORS),
+            send_dropped: g(st::SEND_DROPPED),
             rewrite_errors: g(st::REWRITE_ERRORS),
             closed: g(st::CLOSED),
             expired: g(st::EXPIRED),
@@ -94,6 +98,8 @@ pub struct SpliceStatus {
     pub splices: u32,
     pub idle_timeout_ms: u32,
     pub linger_ms: u32,
+    /// The errno of the latest segment that could not be sent (0: none yet).
+    pub last_send_errno: u32,
     pub stats: SpliceStats,
 }
 
@@ -105,6 +111,7 @@ impl SpliceStatus {
             splices: r.u32(a::SPLICES).ok_or(Error::Reply("splices"))?,
             idle_timeout_ms: r.u32(a::IDLE_TIMEOUT_MS).ok_or(Error::Reply("idle-timeout-ms"))?,
             linger_ms: r.u32(a::LINGER_MS).ok_or(Error::Reply("linger-ms"))?,
+            last_send_errno: r.u32(a::LAST_SEND_ERRNO).unwrap_or(0),
             stats: r.get(a::STATS).map(SpliceStats::from_nest).ok_or(Error::Reply("stats"))?,
         })
     }
@@ -208,25 +215,26 @@ impl SpliceClient {
         r.u32(a::ID).ok_or(Error::Reply("id"))
     }
 
-    /// Join a frozen pair.
-    pub fn splice(&self, id: u32, client: &SpliceSide, backend: &SpliceSide) -> Result<(), Error> {
+    /// Join a frozen pair. Returns the timestamp shifts the kernel fixed, which a
+    /// peer proxy needs to install the same splice.
+    pub fn splice(&self, id: u32, client: &SpliceSide, backend: &SpliceSide) -> Result<TsShifts, Error> {
         let mut v = vec![RawAttr::u32(a::ID, id)];
-        v.extend(tuple_attrs((client.local, client.remote), (backend.local, backend.remote)));
-        let sides = [
-            (client, [a::CLIENT_SND_NXT, a::CLIENT_RCV_NXT, a::CLIENT_PEER_WSCALE, a::CLIENT_OWN_WSCALE, a::CLIENT_TS_NOW, a::CLIENT_SACK]),
-            (backend, [a::BACKEND_SND_NXT, a::BACKEND_RCV_NXT, a::BACKEND_PEER_WSCALE, a::BACKEND_OWN_WSCALE, a::BACKEND_TS_NOW, a::BACKEND_SACK]),
-        ];
-        for (s, ids) in sides {
-            v.push(RawAttr::u32(ids[0], s.snd_nxt));
-            v.push(RawAttr::u32(ids[1], s.rcv_nxt));
-            v.push(RawAttr::u8(ids[2], s.peer_wscale));
-            v.push(RawAttr::u8(ids[3], s.own_wscale));
-            if let Some(ts) = s.ts_now {
-                v.push(RawAttr::u32(ids[4], ts));
-            }
-            v.push(RawAttr::u8(ids[5], s.sack as u8));
+        v.extend(side_attrs(client, backend));
+        let r = self.genl.one(cmd::SPLICE, &v)?;
+        Ok(TsShifts { to_backend: r.u32(a::TS_SHIFT_TO_BACKEND), to_client: r.u32(a::TS_SHIFT_TO_CLIENT) })
+    }
+
+    /// Install a splice a peer proxy set up, from its state; returns the local id.
+    pub fn install(&self, client: &SpliceSide, backend: &SpliceSide, shifts: TsShifts) -> Result<u32, Error> {
+        let mut v = side_attrs(client, backend);
+        if let Some(x) = shifts.to_backend {
+            v.push(RawAttr::u32(a::TS_SHIFT_TO_BACKEND, x));
         }
-        self.genl.request(cmd::SPLICE, &v, false).map(drop)
+        if let Some(x) = shifts.to_client {
+            v.push(RawAttr::u32(a::TS_SHIFT_TO_CLIENT, x));
+        }
+        let r = self.genl.one(cmd::INSTALL, &v)?;
+        r.u32(a::ID).ok_or(Error::Reply("id"))
     }
 
     /// Undo a freeze, or drop a splice.
@@ -244,4 +252,31 @@ impl SpliceClient {
         }
         Ok(out)
     }
+}
+
+/// The timestamp shift of each direction, fixed when splicing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TsShifts {
+    pub to_backend: Option<u32>,
+    pub to_client: Option<u32>,
+}
+
+/// Both sides in full, as `splice` and `install` take them.
+fn side_attrs(client: &SpliceSide, backend: &SpliceSide) -> Vec<RawAttr> {
+    let mut v = tuple_attrs((client.local, client.remote), (backend.local, backend.remote));
+    let sides = [
+        (client, [a::CLIENT_SND_NXT, a::CLIENT_RCV_NXT, a::CLIENT_PEER_WSCALE, a::CLIENT_OWN_WSCALE, a::CLIENT_TS_NOW, a::CLIENT_SACK]),
+        (backend, [a::BACKEND_SND_NXT, a::BACKEND_RCV_NXT, a::BACKEND_PEER_WSCALE, a::BACKEND_OWN_WSCALE, a::BACKEND_TS_NOW, a::BACKEND_SACK]),
+    ];
+    for (s, ids) in sides {
+        v.push(RawAttr::u32(ids[0], s.snd_nxt));
+        v.push(RawAttr::u32(ids[1], s.rcv_nxt));
+        v.push(RawAttr::u8(ids[2], s.peer_wscale));
+        v.push(RawAttr::u8(ids[3], s.own_wscale));
+        if let Some(ts) = s.ts_now {
+            v.push(RawAttr::u32(ids[4], ts));
+        }
+        v.push(RawAttr::u8(ids[5], s.sack as u8));
+    }
+    v
 }

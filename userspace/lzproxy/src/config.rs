@@ -49,6 +49,8 @@ const MAX_CONNECTIONS: (i64, i64) = (1, 1_000_000);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub proxy: Proxy,
+    /// Present when this proxy is one of several sharing the service address.
+    pub cluster: Option<Cluster>,
     pub backends: Vec<Backend>,
     /// In file order; [`crate::route::Pick::route`] indexes this.
     pub routes: Vec<Route>,
@@ -64,6 +66,31 @@ pub struct Proxy {
     pub connect_timeout: Duration,
     pub max_head_bytes: usize,
     pub max_connections: usize,
+}
+
+/// The `[cluster]` table and its `[[peer]]`s: proxies that replicate their splices to
+/// each other and take the service address over from a failed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// This proxy's name.
+    pub name: String,
+    /// The service address: `proxy.listen`'s, held by the active proxy.
+    pub vip: std::net::Ipv4Addr,
+    /// The interface the address lives on.
+    pub dev: String,
+    /// UDP port of the peer channel, on every proxy.
+    pub port: u16,
+    pub heartbeat: Duration,
+    /// The cluster key (16 to 64 bytes).
+    pub key: Vec<u8>,
+    pub peers: Vec<Peer>,
+}
+
+/// A `[[peer]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub addr: std::net::Ipv4Addr,
 }
 
 /// A `[[backend]]`.
@@ -112,6 +139,9 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     proxy: RawProxy,
+    cluster: Option<RawCluster>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
     #[serde(default)]
     backend: Vec<RawBackend>,
     #[serde(default)]
@@ -127,6 +157,24 @@ struct RawProxy {
     connect_timeout_ms: Option<Spanned<i64>>,
     max_head_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    vip: Spanned<String>,
+    dev: Spanned<String>,
+    port: Option<Spanned<i64>>,
+    heartbeat_ms: Option<Spanned<i64>>,
+    key_file: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Spanned<String>,
+    addr: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,7 +324,77 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     if routes.is_empty() {
         return Err(err(None, "no [[route]]: the proxy would have nowhere to send a request".into()));
     }
-    Ok(Config { proxy, backends, routes })
+    let cluster = match &raw.cluster {
+        None if !raw.peer.is_empty() => return Err(err(None, "[[peer]] without [cluster]".into())),
+        None => None,
+        Some(c) => Some(cluster(c, &raw.peer, &proxy, origin, &at)?),
+    };
+    Ok(Config { proxy, cluster, backends, routes })
+}
+
+/// Bounds of the peer channel's heartbeat interval.
+const HEARTBEAT_MS: (i64, i64) = (10, 10_000);
+
+fn cluster(
+    c: &RawCluster,
+    peers: &[RawPeer],
+    proxy: &Proxy,
+    origin: &str,
+    at: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<Cluster, ConfigError> {
+    let ip = |s: &Spanned<String>, field: &str| -> Result<std::net::Ipv4Addr, ConfigError> {
+        s.get_ref().parse().map_err(|_| at(s.span().start, format!("{field}: \"{}\" is not an IPv4 address", s.get_ref())))
+    };
+    let vip = ip(&c.vip, "cluster.vip")?;
+    if proxy.listen.ip() != std::net::IpAddr::V4(vip) {
+        return Err(at(c.vip.span().start, format!("cluster.vip: {vip} is not proxy.listen's address ({})", proxy.listen.ip())));
+    }
+    if c.dev.get_ref().is_empty() || c.dev.get_ref().len() > 15 {
+        return Err(at(c.dev.span().start, "cluster.dev: not an interface name (1 to 15 characters)".into()));
+    }
+    let port = match &c.port {
+        None => lazarus_proto::proxypeer::DEFAULT_PORT,
+        Some(p) => u16::try_from(*p.get_ref())
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| at(p.span().start, format!("cluster.port: {} is not a port", p.get_ref())))?,
+    };
+    let heartbeat = match &c.heartbeat_ms {
+        None => 200,
+        Some(v) if (HEARTBEAT_MS.0..=HEARTBEAT_MS.1).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => return Err(at(v.span().start, format!("cluster.heartbeat_ms: {} is outside 10..=10000", v.get_ref()))),
+    };
+    // A relative key file is next to the configuration.
+    let key_path = Path::new(origin).parent().unwrap_or(Path::new(".")).join(c.key_file.get_ref());
+    let key = std::fs::read(&key_path)
+        .map_err(|e| at(c.key_file.span().start, format!("cluster.key_file: {}: {e}", key_path.display())))?;
+    let key_len = lazarus_proto::auth::MIN_KEY_LEN..=lazarus_proto::auth::MAX_KEY_LEN;
+    if !key_len.contains(&key.len()) {
+        return Err(at(
+            c.key_file.span().start,
+            format!("cluster.key_file: {} holds {} bytes; a key has 16 to 64", key_path.display(), key.len()),
+        ));
+    }
+    let mut out: Vec<Peer> = Vec::new();
+    for p in peers {
+        let name = p.name.get_ref();
+        if name == c.name.get_ref() || out.iter().any(|o| &o.name == name) {
+            return Err(at(p.name.span().start, format!("peer.name: \"{name}\" is used twice")));
+        }
+        out.push(Peer { name: name.clone(), addr: ip(&p.addr, "peer.addr")? });
+    }
+    if out.is_empty() {
+        return Err(at(c.name.span().start, "cluster: no [[peer]]; a cluster needs another proxy".into()));
+    }
+    Ok(Cluster {
+        name: c.name.get_ref().clone(),
+        vip,
+        dev: c.dev.get_ref().clone(),
+        port,
+        heartbeat: ms(heartbeat),
+        key,
+        peers: out,
+    })
 }
 
 fn ms(v: i64) -> Duration {

@@ -5,6 +5,8 @@
 //! relays in userspace, which is also the baseline the benchmarks compare against.
 
 mod config;
+mod garp;
+mod peer;
 mod relay;
 mod route;
 mod sockopt;
@@ -81,8 +83,15 @@ impl Proxy {
     }
 
     fn connect(&self, pick: &route::Pick) -> Option<TcpStream> {
+        let timeout = self.config.proxy.connect_timeout;
         for addr in &pick.backends {
-            match TcpStream::connect_timeout(addr, self.config.proxy.connect_timeout) {
+            // In a cluster the backend connection starts at the service address too,
+            // so that whichever proxy holds the address receives both connections.
+            let r = match (&self.config.cluster, addr) {
+                (Some(c), std::net::SocketAddr::V4(a)) => sockopt::connect_from(c.vip, *a, timeout),
+                _ => TcpStream::connect_timeout(addr, timeout),
+            };
+            match r {
                 Ok(s) => return Some(s),
                 Err(e) => eprintln!("lzproxy: backend {addr}: {e}"),
             }
@@ -157,13 +166,31 @@ fn main() {
     } else {
         None
     };
-    let listener = match TcpListener::bind(config.proxy.listen) {
+    if config.cluster.is_some() && splicer.is_none() {
+        eprintln!("lzproxy: {}: [cluster] needs splice = true (the peers replicate splices)", args.config.display());
+        std::process::exit(2);
+    }
+    let listener = match (&config.cluster, config.proxy.listen) {
+        // A standby listens on the service address before it holds it.
+        (Some(_), std::net::SocketAddr::V4(a)) => sockopt::listen_freebind(a),
+        _ => TcpListener::bind(config.proxy.listen),
+    };
+    let listener = match listener {
         Ok(l) => l,
         Err(e) => {
             eprintln!("lzproxy: listen on {}: {e}", config.proxy.listen);
             std::process::exit(3);
         }
     };
+    if let (Some(c), Some(s)) = (&config.cluster, &splicer) {
+        match peer::Peers::start(c.clone(), s) {
+            Ok(p) => s.set_peers(p),
+            Err(e) => {
+                eprintln!("lzproxy: {e}");
+                std::process::exit(3);
+            }
+        }
+    }
     let router = route::Router::new(&config);
     eprintln!(
         "lzproxy: listening on {} ({}; {} routes)",

@@ -103,3 +103,91 @@ pub fn snapshot(s: &TcpStream) -> io::Result<Snapshot> {
     let ts_now = if options & TCPI_OPT_TIMESTAMPS != 0 { Some(get_u32(s, TCP_TIMESTAMP)?) } else { None };
     Ok(Snapshot { snd_nxt, rcv_nxt, peer_wscale, own_wscale, ts_now, sack: options & TCPI_OPT_SACK != 0 })
 }
+
+fn sockaddr_in(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_zero: [0; 8],
+    }
+}
+
+fn tcp_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: Plain socket creation; ownership of the new descriptor passes to OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn bind(fd: &std::os::fd::OwnedFd, at: std::net::SocketAddrV4, freebind: bool) -> io::Result<()> {
+    if freebind {
+        let one: libc::c_int = 1;
+        // SAFETY: The descriptor is open; one int is passed.
+        let r = unsafe { libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_FREEBIND, (&one as *const libc::c_int).cast(), 4) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let sa = sockaddr_in(at);
+    // SAFETY: The descriptor is open; `sa` is a valid sockaddr_in of the given size.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Hold a local TCP port on `at` (an address this host may not carry yet), so that
+/// no connection of this host takes it while a splice forwards under it.
+pub fn reserve_port(at: std::net::SocketAddrV4) -> io::Result<std::os::fd::OwnedFd> {
+    let fd = tcp_socket()?;
+    bind(&fd, at, true)?;
+    Ok(fd)
+}
+
+/// Connect to `to` from the address `from` (port chosen by the kernel), giving up
+/// after `timeout`.
+pub fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddrV4, timeout: std::time::Duration) -> io::Result<TcpStream> {
+    let fd = tcp_socket()?;
+    bind(&fd, std::net::SocketAddrV4::new(from, 0), true)?;
+    // A blocking connect gives up after the send timeout.
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as libc::suseconds_t };
+    // SAFETY: The descriptor is open; one timeval is passed.
+    let r = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sa = sockaddr_in(to);
+    // SAFETY: As for bind.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let s = TcpStream::from(fd);
+    s.set_write_timeout(None)?;
+    Ok(s)
+}
+
+/// Listen on `at`, which this host may not carry yet (a standby proxy listens on the
+/// service address before it takes it over).
+pub fn listen_freebind(at: std::net::SocketAddrV4) -> io::Result<std::net::TcpListener> {
+    let fd = tcp_socket()?;
+    let one: libc::c_int = 1;
+    // SAFETY: The descriptor is open; one int is passed.
+    if unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    bind(&fd, at, true)?;
+    // SAFETY: The descriptor is open and bound.
+    if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::TcpListener::from(fd))
+}

@@ -11,9 +11,15 @@
 //! ports cannot be reused while the kernel still forwards under them; a reaper
 //! closes them once the splice has left the module's table.
 
+use crate::peer::Peers;
 use crate::sockopt;
-use lznl::{SpliceClient, SpliceSide};
+use lazarus_proto::proxypeer::SpliceState;
+use lazarus_proto::seq::Seq;
+use lazarus_proto::splice::{Endpoint, Side};
+use lznl::{SpliceClient, SpliceSide, TsShifts};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::OnceLock;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,10 +64,32 @@ pub struct Counts {
     pub settle_bytes: AtomicU64,
 }
 
+/// Where a splice in this proxy's kernel came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Origin {
+    /// This proxy made it.
+    Own,
+    /// A copy of peer `peer`'s splice `id`, installed while standing by; `seen` is
+    /// the resync generation in which it was last announced.
+    Copy { peer: usize, id: u32, seen: u32 },
+    /// A copy this proxy took over with the service address.
+    Adopted,
+}
+
+/// A splice this proxy keeps: what holds its ports, and its state for the peers.
+struct Kept {
+    /// The proxy's own two sockets (silent, in repair mode), or a socket bound to the
+    /// backend connection's port for a copy.
+    _holds: Vec<OwnedFd>,
+    state: SpliceState,
+    origin: Origin,
+}
+
 pub struct Splicer {
     nl: Mutex<SpliceClient>,
-    /// The sockets of live splices, by splice id.
-    retired: Mutex<HashMap<u32, (TcpStream, TcpStream)>>,
+    /// Live splices, by their id in this proxy's kernel.
+    kept: Mutex<HashMap<u32, Kept>>,
+    peers: OnceLock<Arc<Peers>>,
     pub counts: Counts,
 }
 
@@ -102,7 +130,12 @@ fn drain(from: &mut TcpStream, to: &mut TcpStream) -> Result<u64, NotSpliced> {
 
 impl Splicer {
     pub fn new() -> Result<Arc<Self>, lznl::Error> {
-        let s = Arc::new(Splicer { nl: Mutex::new(SpliceClient::connect()?), retired: Mutex::new(HashMap::new()), counts: Counts::default() });
+        let s = Arc::new(Splicer {
+            nl: Mutex::new(SpliceClient::connect()?),
+            kept: Mutex::new(HashMap::new()),
+            peers: OnceLock::new(),
+            counts: Counts::default(),
+        });
         let reaper = Arc::downgrade(&s);
         std::thread::Builder::new()
             .name("reaper".into())
@@ -122,22 +155,111 @@ impl Splicer {
         self.nl.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Close the sockets of splices the module no longer has.
+    /// Replicate this proxy's splices to `peers` from now on.
+    pub fn set_peers(&self, peers: Arc<Peers>) {
+        let _ = self.peers.set(peers);
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Kept>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Close what held the ports of splices the module no longer has, and tell the
+    /// peers that this proxy's own splices ended.
     fn reap(&self) {
-        if self.retired.lock().map(|r| r.is_empty()).unwrap_or(true) {
+        if self.kept().is_empty() {
             return;
         }
-        let live: Vec<u32> = match self.nl().list() {
+        let live: std::collections::HashSet<u32> = match self.nl().list() {
             Ok(l) => l.into_iter().map(|e| e.id).collect(),
             Err(e) => {
                 eprintln!("lzproxy: listing splices: {e}");
                 return;
             }
         };
-        if let Ok(mut r) = self.retired.lock() {
-            // Dropping the streams closes them; in repair mode that sends nothing.
-            r.retain(|id, _| live.contains(id));
+        let mut ended = Vec::new();
+        // Dropping a kept entry closes its sockets; in repair mode that sends nothing.
+        self.kept().retain(|id, k| {
+            let keep = live.contains(id);
+            if !keep && !matches!(k.origin, Origin::Copy { .. }) {
+                ended.push(*id);
+            }
+            keep
+        });
+        if let Some(p) = self.peers.get() {
+            for id in ended {
+                p.ended(id);
+            }
         }
+    }
+
+    /// Every splice this proxy holds, for a full resync of the peers.
+    pub fn states(&self) -> Vec<(u32, SpliceState)> {
+        self.kept().iter().map(|(id, k)| (*id, k.state)).collect()
+    }
+
+    /// How many splices this proxy holds.
+    pub fn held(&self) -> usize {
+        self.kept().len()
+    }
+
+    /// Install (or refresh) a copy of peer `peer`'s splice `id`.
+    pub fn install_copy(&self, peer: usize, id: u32, state: &SpliceState, generation: u32) {
+        {
+            let mut kept = self.kept();
+            if let Some(k) = kept.values_mut().find(|k| matches!(k.origin, Origin::Copy { peer: p, id: i, .. } if p == peer && i == id)) {
+                k.origin = Origin::Copy { peer, id, seen: generation };
+                return;
+            }
+        }
+        // Hold the backend connection's port first, so that nothing here connects
+        // from it while the copy waits.
+        let hold = match sockopt::reserve_port(endpoint(state.backend.local)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("lzproxy: copy of peer splice {id}: cannot hold port {}: {e}", state.backend.local.port);
+                return;
+            }
+        };
+        let shifts = TsShifts { to_backend: state.shifts[0], to_client: state.shifts[1] };
+        let r = self.nl().install(&side_of(&state.client), &side_of(&state.backend), shifts);
+        match r {
+            Ok(local) => {
+                self.kept().insert(local, Kept { _holds: vec![hold], state: *state, origin: Origin::Copy { peer, id, seen: generation } });
+            }
+            Err(e) => eprintln!("lzproxy: copy of peer splice {id}: {e}"),
+        }
+    }
+
+    fn drop_copies(&self, pick: impl Fn(&Origin) -> bool) {
+        let gone: Vec<u32> = self.kept().iter().filter(|(_, k)| pick(&k.origin)).map(|(id, _)| *id).collect();
+        for id in gone {
+            let _ = self.nl().abort(id);
+            self.kept().remove(&id);
+        }
+    }
+
+    /// Peer `peer`'s splice `id` has ended.
+    pub fn drop_copy(&self, peer: usize, id: u32) {
+        self.drop_copies(|o| matches!(*o, Origin::Copy { peer: p, id: i, .. } if p == peer && i == id));
+    }
+
+    /// A resync round of peer `peer` ended; copies it did not announce in the round
+    /// before (`generation`) have ended without this proxy hearing of it.
+    pub fn forget_stale_copies(&self, peer: usize, generation: u32) {
+        self.drop_copies(|o| matches!(*o, Origin::Copy { peer: p, seen, .. } if p == peer && seen < generation));
+    }
+
+    /// This proxy took the service address over: its copies are its own splices now.
+    pub fn adopt_copies(&self) -> usize {
+        let mut n = 0;
+        for k in self.kept().values_mut() {
+            if matches!(k.origin, Origin::Copy { .. }) {
+                k.origin = Origin::Adopted;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Splice `client` to `backend`, or say why not. On success the sockets belong
@@ -162,10 +284,11 @@ impl Splicer {
             Err(e) => return Err((client, backend, NotSpliced::Kernel("pre-splice", e))),
         };
         match self.settle_and_splice(id, &mut client, &mut backend, c_ends, b_ends) {
-            Ok(()) => {
+            Ok(state) => {
                 self.counts.spliced.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut r) = self.retired.lock() {
-                    r.insert(id, (client, backend));
+                self.kept().insert(id, Kept { _holds: vec![client.into(), backend.into()], state, origin: Origin::Own });
+                if let Some(p) = self.peers.get() {
+                    p.announce(id, &state);
                 }
                 Ok(())
             }
@@ -188,7 +311,7 @@ impl Splicer {
         backend: &mut TcpStream,
         c_ends: (SocketAddrV4, SocketAddrV4),
         b_ends: (SocketAddrV4, SocketAddrV4),
-    ) -> Result<(), NotSpliced> {
+    ) -> Result<SpliceState, NotSpliced> {
         // A peer that stops taking bytes while settling must not hang the proxy.
         for s in [&*client, &*backend] {
             s.set_write_timeout(Some(SETTLE_LIMIT)).map_err(|e| NotSpliced::Io("write timeout", e))?;
@@ -222,6 +345,39 @@ impl Splicer {
             ts_now: s.ts_now,
             sack: s.sack,
         };
-        self.nl().splice(id, &side(c_ends, c), &side(b_ends, b)).map_err(|e| NotSpliced::Kernel("splice", e))
+        let (cs, bs) = (side(c_ends, c), side(b_ends, b));
+        let shifts = self.nl().splice(id, &cs, &bs).map_err(|e| NotSpliced::Kernel("splice", e))?;
+        Ok(SpliceState { client: side_state(&cs), backend: side_state(&bs), shifts: [shifts.to_backend, shifts.to_client] })
+    }
+}
+
+fn endpoint(e: Endpoint) -> SocketAddrV4 {
+    SocketAddrV4::new(e.addr.into(), e.port)
+}
+
+fn side_of(s: &Side) -> SpliceSide {
+    SpliceSide {
+        local: endpoint(s.local),
+        remote: endpoint(s.remote),
+        snd_nxt: s.snd_nxt.0,
+        rcv_nxt: s.rcv_nxt.0,
+        peer_wscale: s.peer_wscale,
+        own_wscale: s.own_wscale,
+        ts_now: s.ts_now,
+        sack: s.sack,
+    }
+}
+
+fn side_state(s: &SpliceSide) -> Side {
+    let ep = |a: SocketAddrV4| Endpoint { addr: a.ip().octets(), port: a.port() };
+    Side {
+        local: ep(s.local),
+        remote: ep(s.remote),
+        snd_nxt: Seq(s.snd_nxt),
+        rcv_nxt: Seq(s.rcv_nxt),
+        peer_wscale: s.peer_wscale,
+        own_wscale: s.own_wscale,
+        ts_now: s.ts_now,
+        sack: s.sack,
     }
 }
