@@ -118,7 +118,7 @@ impl HookHandler for Handler {
     fn send_failed(&self, err: kernel::error::Error) {
         // A full queue drops forwarded traffic the same way; anything else (no
         // route, say) is worth an operator's attention.
-        if err == kernel::error::code::ENOBUFS {
+        if err.to_errno() == -(bindings::ENOBUFS as i32) {
             bump(&self.shared.stats.send_dropped);
         } else {
             bump(&self.shared.stats.send_errors);
