@@ -260,3 +260,89 @@ def test_a_proxy_killed_mid_transfer_loses_no_spliced_connection():
         out = os.path.join(work, "after")
         assert curl(b, f"http://{VIP}/one/bytes/100000?seed=9", out).wait(timeout=60) == 0
         assert sha256_file(out) == stream_sha(9, 100_000)
+
+
+def spec_numbers():
+    import yaml
+    with open(os.path.join(ROOT, "rust/proto/specs/lazarus_splice.yaml")) as f:
+        spec = yaml.safe_load(f)
+    return {
+        "cmd": {op["name"]: i for i, op in enumerate(spec["operations"]["list"], start=1)},
+        "attr": {a["name"]: i for i, a in enumerate(spec["attribute-sets"][0]["attributes"], start=1)},
+    }
+
+
+def raw_http(b, addr, data, timeout=10):
+    """Send `data` on a fresh connection from the client side and return what comes
+    back before the proxy closes (or the timeout)."""
+    script = (f"import socket,sys; s=socket.create_connection(('{addr}',80)); s.settimeout({timeout}); "
+              f"s.sendall(bytes.fromhex('{data.hex()}')); out=b''\n"
+              "try:\n    while (d := s.recv(65536)): out += d\nexcept OSError: pass\n"
+              "sys.stdout.write(out.decode('latin-1'))")
+    return b.host(["python3", "-c", script], timeout=timeout + 30).stdout
+
+
+def test_bad_requests_and_bad_splice_requests_get_clean_errors():
+    with Bench(3, name="lzspb") as b:
+        proxy, b1, b2 = setup(b)
+        cases = [
+            ("a header line without a colon", b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n", "400"),
+            ("a bare LF", b"GET / HTTP/1.1\nHost: x\r\n\r\n", "400"),
+            ("no Host in HTTP/1.1", b"GET / HTTP/1.1\r\n\r\n", "400"),
+            ("two different lengths (smuggling)", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "400"),
+            ("an oversized head", b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", "431"),
+            ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "505"),
+        ]
+        for what, data, status in cases:
+            reply = raw_http(b, proxy.addr, data)
+            assert reply.startswith(f"HTTP/1.1 {status} "), f"{what}: got {reply[:80]!r}"
+        # A client that sends half a head and stalls gets 408 after the header timeout
+        # (3 s here); one that vanishes costs nothing.
+        reply = raw_http(b, proxy.addr, b"GET /one/bytes/10 HTTP/1.1\r\nHo", timeout=8)
+        assert reply.startswith("HTTP/1.1 408 "), f"a stalled client got {reply[:80]!r}"
+        b.host(["python3", "-c", f"import socket; s=socket.create_connection(('{proxy.addr}',80)); s.send(b'GET / HT'); s.close()"])
+        # None of that was spliced, and the proxy still serves.
+        out = os.path.join(b.workdir, "after")
+        assert curl(b, f"http://{proxy.addr}/one/bytes/200000?seed=5", out).wait(timeout=60) == 0
+        assert sha256_file(out) == stream_sha(5, 200_000)
+        assert splice_status(proxy)["stats"]["splices"] == 1
+
+        # The module: changes need CAP_NET_ADMIN.
+        rc, _, err = proxy.run(f"setpriv --reuid=65534 --regid=65534 --clear-groups {LZCTL} splice abort 1", check=False)
+        assert rc == 1 and "not permitted" in err, f"an unprivileged abort: rc {rc}, {err!r}"
+        rc, _, err = proxy.run(f"setpriv --reuid=65534 --regid=65534 --clear-groups {LZCTL} splice list", check=False)
+        assert rc == 0, f"listing needs no privilege: {err!r}"
+        # Requests no proxy would send are refused with a reason, and change nothing.
+        r = json.loads(proxy.out(f"cd {TESTS} && python3 splice_checks.py {shlex.quote(json.dumps(spec_numbers()))}"))
+        print("module answers:", r)
+        ENOENT, EINVAL, EEXIST = 2, 22, 17
+        assert r["pre_splice_unknown"][0] == ENOENT and "no established connection" in r["pre_splice_unknown"][1]
+        assert r["pre_splice_missing"][0] == EINVAL and "4-tuples" in r["pre_splice_missing"][1]
+        assert r["pre_splice_same"][0] == EINVAL and "same 4-tuple" in r["pre_splice_same"][1]
+        assert r["pre_splice"][0] == 0
+        assert r["pre_splice_again"][0] == EEXIST
+        assert r["splice_forged_numbers"][0] == EINVAL and "does not match the socket" in r["splice_forged_numbers"][1]
+        assert r["splice_bad_wscale"] == [34, "integer out of range"], "the policy bounds window scales (ERANGE)"
+        assert r["abort_unknown"][0] == ENOENT
+        assert r["configure_bad"][0] == EINVAL and "linger-ms" in r["configure_bad"][1]
+        assert r["abort"][0] == 0
+        assert r["connections_intact"], "the connections stopped carrying bytes after the refused requests"
+        s = splice_status(proxy)["stats"]
+        assert s["refused"] >= 7, s
+
+
+def test_keep_alive_requests_go_on_through_the_splice():
+    with Bench(3, name="lzspk") as b:
+        proxy, b1, b2 = setup(b)
+        work = b.workdir
+        # Several requests on one connection (curl reuses it): the splice carries them
+        # all to the backend the first request picked.
+        urls = " ".join(f"-o {work}/ka{i} http://{proxy.addr}/one/bytes/{100_000 * (i + 1)}?seed={40 + i}" for i in range(5))
+        p = b.host_popen(f"curl -sS --max-time 120 {urls} -w '%{{num_connects}}\\n' > {work}/ka.meta 2>&1")
+        assert p.wait(timeout=120) == 0, open(f"{work}/ka.meta").read()
+        for i in range(5):
+            assert sha256_file(f"{work}/ka{i}") == stream_sha(40 + i, 100_000 * (i + 1)), f"request {i}: wrong bytes"
+        connects = [int(l) for l in open(f"{work}/ka.meta").read().split()]
+        assert sum(connects) == 1, f"curl opened {connects} connections; keep-alive did not hold"
+        s = splice_status(proxy)["stats"]
+        assert s["splices"] == 1, s
