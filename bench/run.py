@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmarks (make bench). Results go to bench/results/*.json; docs/benchmarks.md
-shows them with their setup. BENCH=core,shadow (the default) picks which run;
-BENCH=soak runs the 30-minute soak (bench/soak.py), which is not in the default.
+shows them with their setup. BENCH=core,shadow,splice (the default) picks which run;
+BENCH=soak runs the 30-minute soak (bench/soak.py), which is not in the default;
+BENCH=splice the splicing proxy's (bench/splice.py).
 
 core: TCP throughput from the host's stack to iperf3 in one guest, for
   - baseline: no Lazarus module loaded,
@@ -215,11 +216,14 @@ def shadow():
 
 
 def main():
-    which = os.environ.get("BENCH", "core,shadow").split(",")
+    which = os.environ.get("BENCH", "core,shadow,splice").split(",")
     if "core" in which:
         core()
     if "shadow" in which:
         shadow()
+    if "splice" in which:
+        import splice
+        save("splice", splice.splice(host_cpu()))
     if "soak" in which:
         import soak
         soak.soak()

@@ -12,7 +12,7 @@ APT_PACKAGES=(
   build-essential bc bison flex libelf-dev libssl-dev cpio kmod dwarves
   qemu-system-x86 iproute2 iperf3 tcpdump netcat-openbsd curl socat ethtool
   busybox-static python3-pip python3-venv
-  nginx-light xxd procps psmisc iputils-ping
+  nginx-light haproxy xxd procps psmisc iputils-ping
 )
 
 missing=()
@@ -25,8 +25,10 @@ if ((${#missing[@]})); then
   sudo_ apt-get update -o Acquire::Retries=3 -o APT::Update::Error-Mode=any >/dev/null 2>&1 \
     || sudo_ apt-get update -o Acquire::Retries=3 >/dev/null 2>&1 || true
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-  # nginx-light's package starts a system nginx on port 80; tests start their own.
+  # nginx-light's and haproxy's packages start system services; tests and benchmarks
+  # start their own.
   sudo_ systemctl disable --now nginx >/dev/null 2>&1 || true
+  sudo_ systemctl disable --now haproxy >/dev/null 2>&1 || true
 fi
 
 # Rust: the machine's rustup toolchain plus rust-src (needed by the kernel's Rust build).

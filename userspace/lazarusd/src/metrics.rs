@@ -8,7 +8,7 @@
 
 use crate::log;
 use crate::shadow::FailoverStats;
-use lznl::{Client, PortStats, ShadowClient, ShadowStatus};
+use lznl::{Client, PortStats, ShadowClient, ShadowStatus, SpliceClient, SpliceStatus};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -76,12 +76,15 @@ pub struct Scrape {
     pub ports: Option<Vec<PortStats>>,
     /// `None`: lazarus_shadow is not loaded (or netlink failed).
     pub shadow: Option<ShadowStatus>,
+    /// `None`: lazarus_splice is not loaded (or netlink failed).
+    pub splice: Option<SpliceStatus>,
 }
 
 fn scrape() -> Scrape {
     Scrape {
         ports: Client::connect().and_then(|c| c.port_list()).ok(),
         shadow: ShadowClient::connect().and_then(|c| c.status()).ok(),
+        splice: SpliceClient::connect().and_then(|c| c.status()).ok(),
     }
 }
 
@@ -114,6 +117,7 @@ pub fn render(s: &Scrape, failovers: &FailoverStats) -> String {
         &[
             ("{module=\"lazarus_core\"}".into(), up(s.ports.is_some())),
             ("{module=\"lazarus_shadow\"}".into(), up(s.shadow.is_some())),
+            ("{module=\"lazarus_splice\"}".into(), up(s.splice.is_some())),
         ],
     );
     if let Some(ports) = &s.ports {
@@ -151,6 +155,18 @@ pub fn render(s: &Scrape, failovers: &FailoverStats) -> String {
                 if let Some(v) = v.as_u64() {
                     let help = format!("The module's {} counter.", name.replace('_', "-"));
                     counter(&mut out, &format!("lazarus_shadow_{name}_total"), &help, v);
+                }
+            }
+        }
+    }
+    if let Some(sp) = &s.splice {
+        gauge(&mut out, "lazarus_splice_splices", "Splices in the table (frozen ones included).", sp.splices as f64);
+        gauge(&mut out, "lazarus_splice_max_splices", "Splices the table holds.", sp.max_splices as f64);
+        if let Ok(serde_json::Value::Object(counters)) = serde_json::to_value(sp.stats) {
+            for (name, v) in counters {
+                if let Some(v) = v.as_u64() {
+                    let help = format!("The module's {} counter.", name.replace('_', "-"));
+                    counter(&mut out, &format!("lazarus_splice_{name}_total"), &help, v);
                 }
             }
         }
@@ -226,6 +242,7 @@ mod tests {
         let s = check_exposition(&render(&Scrape::default(), &f));
         assert_eq!(value(&s, "lazarus_module_up{module=\"lazarus_core\"}"), Some(0.0));
         assert_eq!(value(&s, "lazarus_module_up{module=\"lazarus_shadow\"}"), Some(0.0));
+        assert_eq!(value(&s, "lazarus_module_up{module=\"lazarus_splice\"}"), Some(0.0));
         assert_eq!(value(&s, "lazarus_failovers_total"), Some(0.0));
         assert!(s.iter().all(|(n, _)| !n.starts_with("lazarus_shadow_")));
     }
@@ -267,7 +284,21 @@ mod tests {
         let f = FailoverStats::default();
         f.failovers.store(1, Ordering::Relaxed);
         f.last_ms.store(250, Ordering::Relaxed);
-        let s = check_exposition(&render(&Scrape { ports: Some(ports), shadow: Some(shadow) }, &f));
+        let splice = SpliceStatus {
+            version: "0.1.0".into(),
+            max_splices: 8192,
+            splices: 4,
+            idle_timeout_ms: 900_000,
+            linger_ms: 10_000,
+            last_send_errno: 0,
+            stats: lznl::SpliceStats { forwarded_bytes: 123, installed: 2, ..Default::default() },
+        };
+        let s = check_exposition(&render(&Scrape { ports: Some(ports), shadow: Some(shadow), splice: Some(splice) }, &f));
+        assert_eq!(value(&s, "lazarus_splice_splices"), Some(4.0));
+        assert_eq!(value(&s, "lazarus_splice_forwarded_bytes_total"), Some(123.0));
+        assert_eq!(value(&s, "lazarus_splice_installed_total"), Some(2.0));
+        let splice_counters = s.iter().filter(|(n, _)| n.starts_with("lazarus_splice_") && n.ends_with("_total")).count();
+        assert_eq!(splice_counters, lazarus_proto::genl_splice::stats_attr::MAX as usize);
         assert_eq!(value(&s, "lazarus_core_bytes_out_total{port=\"80\"}"), Some(5000.0));
         assert_eq!(value(&s, "lazarus_core_packets_in_total{port=\"443\"}"), Some(1.0));
         assert_eq!(value(&s, "lazarus_shadow_role{role=\"backup\"}"), Some(1.0));
