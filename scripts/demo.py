@@ -16,6 +16,7 @@ saw, the bytes and their hash, and the takeover as lazarusd logged it.
 
     make demo                        # ST-TCP (the default)
     make demo DEMO_ARGS="--mb 128 --rate 8"
+    make demo DEMO_ARGS="--mechanism splice"   # CRAFT: a splicing proxy dies instead
     make demo DEMO_ARGS="--mechanism ft-tcp"   # refused: not built yet
 
 Exit status 0 only if the client got every byte right and no connection was reset.
@@ -41,7 +42,7 @@ KEY_FILE = "/tmp/lz.key"
 MECHANISMS = {
     "st-tcp": None,
     "ft-tcp": "FT-TCP (lazarus_wrap and lazarus_logger) is not built yet",
-    "splice": "CRAFT splicing (lazarus_splice) is not built yet",
+    "splice": None,
     "salvage": "Backdoors session salvage (lazarus_backdoor) is not built yet",
 }
 
@@ -54,9 +55,11 @@ class Watch:
     """Samples the client's progress: the download file's size and the keep-alive
     session's replies. Records the longest time each went without progress."""
 
-    def __init__(self, path, session):
+    def __init__(self, path, session, status=None, victim="PRIMARY"):
         self.path = path
         self.session = session
+        self.status_of = status or shadow_line
+        self.victim = victim
         self.replies = []            # (arrival time, line)
         self.dl_gap = 0.0
         self.ka_gap = 0.0
@@ -81,9 +84,7 @@ class Watch:
         # which must not count as a stall.
         while not self.done.is_set():
             try:
-                st = json.loads(backup.out(f"{LZCTL} -j shadow status", timeout=10))
-                self.status = (f"backup: {st['role']}, gate {'open' if st['gate_open'] else 'shut'}, "
-                               f"peer {st['peer_state']}")
+                self.status = self.status_of(backup)
             except Exception as e:  # the live line must not stop the demo
                 self.status = f"backup: ({e.__class__.__name__})"
             time.sleep(0.5)
@@ -102,7 +103,7 @@ class Watch:
             if now - last_print >= 0.1:
                 last_print = now
                 bar = int(30 * size / total)
-                dead = "  PRIMARY KILLED" if self.killed_at else ""
+                dead = f"  {self.victim} KILLED" if self.killed_at else ""
                 print(f"\r    download [{'#' * bar}{'.' * (30 - bar)}] {size / (1 << 20):6.1f}/{total >> 20} MiB"
                       f" | keep-alive replies {len(self.replies):4d} | {self.status}{dead}   ", end="", flush=True)
             time.sleep(0.02)
@@ -110,6 +111,11 @@ class Watch:
         self.ka_gap = max((b - a for a, b in zip(times, times[1:])), default=0.0)
         poller.join(timeout=15)
         print()
+
+
+def shadow_line(backup):
+    st = json.loads(backup.out(f"{LZCTL} -j shadow status", timeout=10))
+    return f"backup: {st['role']}, gate {'open' if st['gate_open'] else 'shut'}, peer {st['peer_state']}"
 
 
 def main():
@@ -120,9 +126,11 @@ def main():
     p.add_argument("--kill-at", type=float, default=0.4, help="fraction of the download after which the primary dies")
     a = p.parse_args()
     if MECHANISMS[a.mechanism]:
-        sys.exit(f"demo: {MECHANISMS[a.mechanism]}; available: st-tcp")
+        sys.exit(f"demo: {MECHANISMS[a.mechanism]}; available: st-tcp, splice")
     if not 0.05 <= a.kill_at <= 0.9:
         sys.exit("demo: --kill-at must be between 0.05 and 0.9")
+    if a.mechanism == "splice":
+        return splice_demo(a)
 
     say("booting two guests of the Lazarus kernel on one segment (TCG, about 20 s)")
     t0 = time.time()
@@ -201,6 +209,122 @@ def main():
               f"(normal gap 0.10 s)")
         print(f"    connections reset: {st['stats']['conns_reset']}, clients prompted at takeover: "
               f"{st['stats']['prompts']}")
+        if dl_err.strip() or ka_err.strip():
+            print(f"    client errors:     {dl_err.strip()} {ka_err.strip()}")
+        b.assert_no_kernel_trouble()
+        say("the client did not notice: same connections, every byte right" if ok else "FAILED: see above")
+        if not ok:
+            sys.exit(1)
+
+
+LZPROXY = os.path.join(ROOT, "target", "release", "lzproxy")
+PROXY_HEARTBEAT_MS = 200
+
+
+def proxy_toml(name, peer, peer_addr, backend_addr):
+    return f"""[proxy]
+listen = "{VIP}:{PORT}"
+
+[cluster]
+name = "{name}"
+vip = "{VIP}"
+dev = "lz0"
+heartbeat_ms = {PROXY_HEARTBEAT_MS}
+key_file = "{KEY_FILE}"
+
+[[peer]]
+name = "{peer}"
+addr = "{peer_addr}"
+
+[[backend]]
+name = "web"
+addr = "{backend_addr}:8080"
+
+[[route]]
+path_prefix = "/"
+backends = ["web"]
+"""
+
+
+def splice_line(g):
+    st = json.loads(g.out(f"{LZCTL} -j splice status", timeout=10))
+    role = "active" if f" {VIP}/32 " in g.out("ip -4 addr show dev lz0", timeout=10) else "standby"
+    return f"proxy p2: {role}, {st['splices']} splice(s), forwarded {st['stats']['forwarded_bytes'] >> 20} MiB"
+
+
+def splice_demo(a):
+    """CRAFT: two splicing proxies share the service address in front of nginx; the
+    active one dies mid-download and the standby carries every spliced connection on."""
+    say("booting three guests of the Lazarus kernel on one segment (TCG, about 30 s)")
+    t0 = time.time()
+    with Bench(3, name="lzdemo") as b:
+        p1, p2, web = b.guests
+        say(f"guests up in {time.time() - t0:.0f} s: proxies p1 {p1.addr} and p2 {p2.addr}, backend {web.addr}")
+        web.start_nginx(a.mb, 8080)
+        want = web.out("cut -d' ' -f1 /tmp/www/blob.sha").strip()
+        key = base64.b64encode(os.urandom(32)).decode()
+        for g, name, peer, other in ((p1, "p1", "p2", p2), (p2, "p2", "p1", p1)):
+            g.insmod("lazarus_splice")
+            g.run(f"umask 077; echo {key} > {KEY_FILE}\ncat > /tmp/lzproxy.toml <<'CFG'\n"
+                  f"{proxy_toml(name, peer, other.addr, web.addr)}CFG\n{LZPROXY} --config /tmp/lzproxy.toml --check\n"
+                  f"ulimit -n 8192; setsid {LZPROXY} --config /tmp/lzproxy.toml </dev/null >/tmp/lzproxy.log 2>&1 &")
+            if g is p1:
+                deadline = time.monotonic() + 20
+                while f" {VIP}/32 " not in p1.out("ip -4 addr show dev lz0"):
+                    if time.monotonic() > deadline:
+                        sys.exit("demo: p1 never took the service address")
+                    time.sleep(0.2)
+        time.sleep(1.0)
+        say(f"nginx serves a {a.mb} MiB file on {web.addr}:8080; lzproxy on p1 holds {VIP}:{PORT}, splices each "
+            f"connection in its kernel and copies every splice to p2 ({PROXY_HEARTBEAT_MS} ms heartbeats)")
+
+        say(f"client (the host's own TCP stack): curl downloads the file at {a.rate:g} MiB/s through the proxy, and a "
+            "keep-alive session fetches a small object 10 times a second")
+        out = os.path.join(b.workdir, "blob")
+        total = a.mb << 20
+        dl = b.host_popen(f"curl -sS --limit-rate {int(a.rate * (1 << 20))} -o {out} "
+                          f"-w '%{{http_code}} %{{size_download}} %{{time_total}}' http://{VIP}/blob",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        n_requests = int(total / (a.rate * (1 << 20)) * 10) + 20
+        session = b.host_popen(f"for i in $(seq {n_requests}); do echo url = http://{VIP}/blob.sha; "
+                               f"echo output = /dev/null; done | stdbuf -oL curl -sS -K - --rate 10/s "
+                               f"-w '%{{http_code}} %{{num_connects}}\\n'", stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        watch = Watch(out, session, status=splice_line, victim="PROXY p1")
+        shower = threading.Thread(target=watch.run, args=(total, p2), daemon=True)
+        shower.start()
+        while watch.size() < total * a.kill_at and dl.poll() is None:
+            time.sleep(0.05)
+        watch.killed_at = time.monotonic()
+        p1.fence()
+        dl_out, dl_err = dl.communicate(timeout=600)
+        session.wait(timeout=600)
+        watch.reader.join(timeout=10)
+        ka_err = session.stderr.read()
+        time.sleep(0.2)
+        watch.done.set()
+        shower.join()
+
+        say("p1 was killed; lzproxy on p2 logged:")
+        print("    " + "\n    ".join(p2.out("cat /tmp/lzproxy.log").strip().splitlines()))
+        st = json.loads(p2.out(f"{LZCTL} -j splice status"))
+        code, size, secs = (dl_out.split() + ["?", "?", "?"])[:3]
+        got = sha256_file(out) if os.path.exists(out) else ""
+        replies = [l for _, l in watch.replies]
+        ok_replies = sum(1 for l in replies if l.startswith("200 "))
+        connects = sum(int(l.split()[1]) for l in replies if len(l.split()) == 2 and l.split()[1].isdigit())
+        ok = (dl.returncode == 0 and code == "200" and got == want and session.returncode == 0
+              and ok_replies == n_requests and connects == 1)
+
+        say("report")
+        print(f"    mechanism:         CRAFT splicing (lazarus_splice + lzproxy), proxy heartbeat {PROXY_HEARTBEAT_MS} ms")
+        print(f"    download:          HTTP {code}, {size} of {total} bytes in {secs} s, sha256 "
+              f"{'matches the server file' if got == want else 'DIFFERS'}")
+        print(f"    keep-alive:        {ok_replies}/{n_requests} replies OK over {connects} TCP connection(s)")
+        print(f"    longest stall:     download {watch.dl_gap:.2f} s, keep-alive {watch.ka_gap:.2f} s "
+              f"(normal gap 0.10 s)")
+        print(f"    p2 carried on:     {st['stats']['installed']} splice(s) copied from p1, "
+              f"{st['stats']['forwarded_bytes'] >> 20} MiB forwarded since")
         if dl_err.strip() or ka_err.strip():
             print(f"    client errors:     {dl_err.strip()} {ka_err.strip()}")
         b.assert_no_kernel_trouble()

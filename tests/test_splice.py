@@ -346,3 +346,36 @@ def test_keep_alive_requests_go_on_through_the_splice():
         assert sum(connects) == 1, f"curl opened {connects} connections; keep-alive did not hold"
         s = splice_status(proxy)["stats"]
         assert s["splices"] == 1, s
+
+
+def test_forged_replayed_and_truncated_peer_datagrams_are_refused():
+    with Bench(3, name="lzspa") as b:
+        p1, p2, b1 = b.guests
+        start_backend(b1, "b1")
+        start_cluster_proxy(p1, "p1", [("p2", p2)], [b1, b1])
+        wait_for("p1 to hold the service address", lambda: holds_vip(p1))
+        start_cluster_proxy(p2, "p2", [("p1", p1)], [b1, b1])
+        # Capture one of p1's datagrams to p2 on the client side of the segment (the
+        # bridge floods until it learns, so capture on p2's port).
+        cap = os.path.join(b.workdir, "peer.pcap")
+        b.host(f"timeout 10 tcpdump -i lzt{p2.index} -n -c 1 -w {cap} 'udp and src {p1.addr} and dst port 7402'", timeout=30)
+        import pcap
+        payloads = [d for _, _, d in pcap.udp_payloads(cap, 7402)]
+        assert payloads and len(payloads[0]) > 24, "no peer datagram captured"
+        payload = payloads[0]
+        # Sent from p1's own address (the sender p2 expects), so that only the content
+        # is wrong.
+        tests = {
+            "truncated": payload[:10].hex(),
+            "forged": (payload[:-1] + bytes([payload[-1] ^ 1])).hex(),
+            "replayed": payload.hex(),
+        }
+        for what, hexdata in tests.items():
+            p1.run(f"python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                   f"s.sendto(bytes.fromhex('{hexdata}'), ('{p2.addr}', 7402))\"")
+        time.sleep(1.0)
+        log = p2.out("cat /tmp/lzproxy.log")
+        for reason in ("Truncated", "Forged", "Replayed"):
+            assert f"refused: {reason}" in log, f"no {reason} refusal in p2's log:\n{log}"
+        # The standby still follows the active proxy, and did not take the address.
+        assert not holds_vip(p2)
