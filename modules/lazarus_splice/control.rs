@@ -177,8 +177,18 @@ impl Control {
         Ok(())
     }
 
+    /// The hook runs in the initial namespace only: a splice anywhere else would
+    /// never forward.
+    fn initial_namespace(&self, req: &Request<'_>) -> Result {
+        if core::ptr::eq(req.net().as_ptr(), Net::init().as_ptr()) {
+            return Ok(());
+        }
+        Err(refuse(&self.shared, req, c"only the initial network namespace is supported", EOPNOTSUPP()))
+    }
+
     fn pre_splice(&self, c: u8, req: &Request<'_>) -> Result {
         let s = &*self.shared;
+        self.initial_namespace(req)?;
         let (Some(client), Some(backend)) = (tuple(req, &CLIENT), tuple(req, &BACKEND)) else {
             return Err(refuse(s, req, c"pre-splice needs both 4-tuples (client-* and backend-* addr and port)", EINVAL));
         };
@@ -273,6 +283,7 @@ impl Control {
 
     fn install(&self, c: u8, req: &Request<'_>) -> Result {
         let s = &*self.shared;
+        self.initial_namespace(req)?;
         let (Some(client), Some(backend)) = (side(req, &CLIENT), side(req, &BACKEND)) else {
             return Err(refuse(s, req, c"install needs every client-* and backend-* attribute (ts-now only with timestamps)", EINVAL));
         };

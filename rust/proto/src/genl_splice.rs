@@ -113,9 +113,9 @@ pub mod stats_attr {
     pub const REWRITE_ERRORS: u16 = 11;
     /// Splices that ended after both FINs or a reset, and their linger.
     pub const CLOSED: u16 = 12;
-    /// Splices dropped after idle-timeout-ms without a segment.
+    /// Splices dropped after idle-timeout-ms without a segment, or because a new connection reused one of their 4-tuples (a SYN on it, after the proxy let go of its sockets).
     pub const EXPIRED: u16 = 13;
-    /// Pre-splice requests refused because the table was full.
+    /// Pre-splice and install requests refused because the table was full.
     pub const TABLE_FULL: u16 = 14;
     /// Requests refused as malformed or inconsistent (bad addresses, unknown id, a 4-tuple already spliced).
     pub const REFUSED: u16 = 15;

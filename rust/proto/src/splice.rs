@@ -28,11 +28,12 @@
 //! had acknowledged, which TCP ignores.
 //!
 //! Timestamps: each peer's clock is shifted onto the proxy's clock of the connection
-//! it is forwarded on, with the shift fixed by the first stamped segment after the
-//! splice, so that the receiver's PAWS check (RFC 7323 §5) sees values no older than
-//! the ones the proxy sent it. Echoes are shifted back. An echo of a value the proxy
-//! itself sent before the splice has no counterpart and is sent as 0, which TCP takes
-//! as "no RTT sample".
+//! it is forwarded on, so that the receiver's PAWS check (RFC 7323 §5) sees values
+//! no older than the ones the proxy sent it ([`ts_shift`]). The module fixes the
+//! shifts when splicing, from the latest value each socket saw; when a shift is not
+//! known (no value seen yet), the first stamped segment fixes it. Echoes are shifted
+//! back; an echo while the reverse shift is still unknown has no counterpart and is
+//! sent as 0, which TCP takes as "no RTT sample".
 
 use super::packet::{Ipv4Tcp, ParseError, Rewriter, TcpFlags, TcpOptions};
 use super::seq::{Seq, SeqOffset};
@@ -68,7 +69,9 @@ pub struct Side {
     /// The proxy's timestamp clock on this connection now; `None` when the connection
     /// does not use timestamps.
     pub ts_now: Option<u32>,
-    /// SACK was negotiated on this connection.
+    /// SACK was negotiated on this connection. Informational: SACK blocks are
+    /// mapped whenever a segment carries them, and a receiver that did not
+    /// negotiate SACK ignores them.
     pub sack: bool,
 }
 

@@ -244,16 +244,7 @@ pub fn load(path: &Path, node: Option<&str>) -> Result<Config, String> {
 
 /// A cluster key file: only its owner may read it.
 pub fn read_key(path: &Path) -> Result<ClusterKey, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is open to group or others (mode {:04o}); the key must be secret: chmod 600 it",
-            path.display(),
-            mode & 0o7777
-        ));
-    }
-    ClusterKey::from_file(path)
+    ClusterKey::from_secret_file(path)
 }
 
 /// A command that names an executable file, directly or through `PATH`: found out

@@ -20,8 +20,8 @@ pub enum SpliceCmd {
         #[arg(long)]
         linger_ms: Option<u32>,
     },
-    /// Drop a splice (its peers then retransmit to the proxy's sockets, which are
-    /// silent: the connection stalls until they give up), or undo a freeze.
+    /// Drop a splice (the connections end: the proxy closes its sockets once the
+    /// splice leaves the listing), or undo a freeze (the proxy relays instead).
     Abort {
         /// The splice id, from `splice list`.
         id: u32,
@@ -35,7 +35,7 @@ fn status_lines(s: &SpliceStatus) -> Vec<String> {
         format!("  splices:        {} of {}", s.splices, s.max_splices),
         format!("  idle timeout:   {} ms", s.idle_timeout_ms),
         format!("  linger:         {} ms", s.linger_ms),
-        format!("  set up:         {} (frozen {}, undone {})", st.splices, st.pre_splices, st.aborted),
+        format!("  set up:         {} (frozen {}, undone {}), {} installed from a peer", st.splices, st.pre_splices, st.aborted, st.installed),
         format!("  forwarded:      {} segments, {} bytes", st.forwarded_segments, st.forwarded_bytes),
         format!("  ended:          {} closed, {} idle", st.closed, st.expired),
         format!("  held:           {} (overflowed {})", st.held, st.hold_overflows),

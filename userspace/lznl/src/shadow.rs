@@ -331,6 +331,26 @@ impl ClusterKey {
         Self::new(bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Like [`ClusterKey::from_file`], for a file only its owner may read (the key
+    /// must stay secret); an error says how to fix the mode.
+    pub fn from_secret_file(path: &std::path::Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is open to group or others (mode {:04o}); the key must be secret: chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            ));
+        }
+        Self::from_file(path)
+    }
+
+    /// The key's bytes, for sealing datagrams in userspace.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The module's fingerprint of this key (what `status` reports).
     pub fn fingerprint(&self) -> u64 {
         lazarus_proto::auth::Key::new(&self.0).map_or(0, |k| k.fingerprint())

@@ -345,6 +345,9 @@ fn cluster(
     let ip = |s: &Spanned<String>, field: &str| -> Result<std::net::Ipv4Addr, ConfigError> {
         s.get_ref().parse().map_err(|_| at(s.span().start, format!("{field}: \"{}\" is not an IPv4 address", s.get_ref())))
     };
+    if !proxy.splice {
+        return Err(at(c.name.span().start, "cluster: needs proxy.splice = true (the proxies replicate splices)".into()));
+    }
     let vip = ip(&c.vip, "cluster.vip")?;
     if proxy.listen.ip() != std::net::IpAddr::V4(vip) {
         return Err(at(c.vip.span().start, format!("cluster.vip: {vip} is not proxy.listen's address ({})", proxy.listen.ip())));
@@ -366,15 +369,11 @@ fn cluster(
     };
     // A relative key file is next to the configuration.
     let key_path = Path::new(origin).parent().unwrap_or(Path::new(".")).join(c.key_file.get_ref());
-    let key = std::fs::read(&key_path)
-        .map_err(|e| at(c.key_file.span().start, format!("cluster.key_file: {}: {e}", key_path.display())))?;
-    let key_len = lazarus_proto::auth::MIN_KEY_LEN..=lazarus_proto::auth::MAX_KEY_LEN;
-    if !key_len.contains(&key.len()) {
-        return Err(at(
-            c.key_file.span().start,
-            format!("cluster.key_file: {} holds {} bytes; a key has 16 to 64", key_path.display(), key.len()),
-        ));
-    }
+    // Read as lazarusd reads it: owner-only, surrounding whitespace of a text key ignored.
+    let key = lznl::ClusterKey::from_secret_file(&key_path)
+        .map_err(|e| at(c.key_file.span().start, format!("cluster.key_file: {e}")))?
+        .bytes()
+        .to_vec();
     let mut out: Vec<Peer> = Vec::new();
     for p in peers {
         let name = p.name.get_ref();
@@ -676,5 +675,47 @@ backends = ["b2"]
         assert!(e.to_string().starts_with(&format!("{}: ", missing.display())), "{e}");
         assert_eq!(e.line, None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A configuration with a cluster, its key in a fresh directory with `mode`.
+    fn cluster_file(mode: u32, extra: &str) -> (std::path::PathBuf, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lzproxy-cfg-{}-{mode:o}-{}", std::process::id(), extra.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, "a cluster key of 32 characters..\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let text = format!(
+            "{EXAMPLE}\n[cluster]\nname = \"p1\"\nvip = \"10.77.0.100\"\ndev = \"lz0\"\nkey_file = \"cluster.key\"\n{extra}\n\n[[peer]]\nname = \"p2\"\naddr = \"10.77.0.12\"\n"
+        );
+        let path = dir.join("lzproxy.toml");
+        std::fs::write(&path, &text).unwrap();
+        (path, text)
+    }
+
+    #[test]
+    fn a_cluster_reads_its_key_next_to_the_file() {
+        let (path, _) = cluster_file(0o600, "");
+        let c = load(&path).unwrap().cluster.unwrap();
+        // A text key is taken without its trailing newline, as lazarusd takes it.
+        assert_eq!(c.key, b"a cluster key of 32 characters..".to_vec());
+        assert_eq!((c.port, c.heartbeat, c.peers.len()), (7402, Duration::from_millis(200), 1));
+    }
+
+    #[test]
+    fn cluster_errors_name_the_field() {
+        let (path, _) = cluster_file(0o644, "");
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("cluster.key_file") && e.contains("chmod 600"), "{e}");
+        let (path, _) = cluster_file(0o600, "heartbeat_ms = 5");
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("cluster.heartbeat_ms: 5 is outside 10..=10000"), "{e}");
+        let (path, text) = cluster_file(0o600, "port = 7402");
+        let e = parse(&text.replace("vip = \"10.77.0.100\"", "vip = \"10.77.0.99\""), path.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("cluster.vip: 10.77.0.99 is not proxy.listen's address"), "{e}");
+        let e = parse(&text.replace("splice = true", "splice = false"), path.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("needs proxy.splice = true"), "{e}");
+        let e = parse(&text.replace("name = \"p2\"", "name = \"p1\""), path.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("peer.name: \"p1\" is used twice"), "{e}");
     }
 }

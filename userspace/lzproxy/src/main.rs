@@ -59,10 +59,17 @@ impl Proxy {
     /// Read a request head (and whatever body bytes came with it).
     fn read_head(&self, client: &mut TcpStream) -> Result<(Vec<u8>, Option<route::Pick>), Refusal> {
         let limits = Limits { max_head: self.config.proxy.max_head_bytes, ..Limits::default() };
-        client.set_read_timeout(Some(self.config.proxy.header_timeout)).map_err(|_| Refusal::Vanished)?;
+        // A deadline for the whole head, not each read: a client trickling a byte at
+        // a time must not hold a connection slot for ever.
+        let deadline = std::time::Instant::now() + self.config.proxy.header_timeout;
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Refusal::TimedOut);
+            }
+            client.set_read_timeout(Some(left)).map_err(|_| Refusal::Vanished)?;
             let n = match client.read(&mut chunk) {
                 Ok(0) => return Err(Refusal::Vanished),
                 Ok(n) => n,
@@ -166,10 +173,6 @@ fn main() {
     } else {
         None
     };
-    if config.cluster.is_some() && splicer.is_none() {
-        eprintln!("lzproxy: {}: [cluster] needs splice = true (the peers replicate splices)", args.config.display());
-        std::process::exit(2);
-    }
     let listener = match (&config.cluster, config.proxy.listen) {
         // A standby listens on the service address before it holds it.
         (Some(_), std::net::SocketAddr::V4(a)) => sockopt::listen_freebind(a),

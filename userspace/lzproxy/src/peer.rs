@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const MISSED_BEATS: u32 = 3;
 /// How often the active proxy sends its whole splice state again.
 const RESYNC: Duration = Duration::from_secs(1);
+/// Refusal log lines per second at most.
+const REFUSAL_LOG_BURST: u64 = 5;
 
 /// Datagrams refused, by reason.
 #[derive(Default)]
@@ -59,6 +61,8 @@ pub struct Peers {
     generation: AtomicU32,
     splicer: Weak<Splicer>,
     pub refused: Refused,
+    /// The second (high bits) and the lines logged in it (low 16 bits).
+    log_window: AtomicU64,
 }
 
 fn now_ns() -> u64 {
@@ -100,8 +104,12 @@ impl Peers {
             generation: AtomicU32::new(0),
             splicer: Arc::downgrade(splicer),
             refused: Refused::default(),
+            log_window: AtomicU64::new(0),
             cfg,
         });
+        // A proxy starts as a standby: an address left over from an earlier run (a
+        // crash, a restart) would make two hosts answer for it.
+        p.release();
         let rx = p.clone();
         std::thread::Builder::new().name("peer-rx".into()).spawn(move || rx.receive()).map_err(|e| e.to_string())?;
         let tick = p.clone();
@@ -175,7 +183,7 @@ impl Peers {
                         Reject::Stale => &self.refused.stale,
                     };
                     c.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("lzproxy: peer datagram from {from} refused: {e:?}");
+                    self.log_refusal(format_args!("peer datagram from {from} refused: {e:?}"));
                     continue;
                 }
             };
@@ -183,10 +191,25 @@ impl Peers {
                 Ok(m) => self.handle(i, m),
                 Err(e) => {
                     self.refused.malformed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("lzproxy: peer message from {from} refused: {}", e.as_str());
+                    self.log_refusal(format_args!("peer message from {from} refused: {}", e.as_str()));
                 }
             }
         }
+    }
+
+    /// Log a refusal, at most [`REFUSAL_LOG_BURST`] lines a second: whoever can send
+    /// datagrams to the port must not be able to flood the log. The counters count
+    /// every one.
+    fn log_refusal(&self, what: std::fmt::Arguments<'_>) {
+        let second = now_ns() / 1_000_000_000;
+        let window = self.log_window.load(Ordering::Relaxed);
+        if window >> 16 != second & 0xffff_ffff_ffff {
+            self.log_window.store((second & 0xffff_ffff_ffff) << 16, Ordering::Relaxed);
+        } else if window & 0xffff >= REFUSAL_LOG_BURST {
+            return;
+        }
+        self.log_window.fetch_add(1, Ordering::Relaxed);
+        eprintln!("lzproxy: {what}");
     }
 
     fn handle(&self, i: usize, m: Msg) {
@@ -215,6 +238,14 @@ impl Peers {
             // Copies are kept only while standing by: the active proxy's own table is
             // the truth.
             Msg::Splice { origin, state } if !self.is_active() => {
+                // A peer's splice has the service address at both of the proxy's
+                // ends; anything else would rewrite other connections of this host.
+                let vip = self.cfg.vip.octets();
+                if state.client.local.addr != vip || state.backend.local.addr != vip {
+                    self.refused.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.log_refusal(format_args!("peer splice {origin} refused: not on the service address {}", self.cfg.vip));
+                    return;
+                }
                 splicer.install_copy(i, origin, &state, self.generation.load(Ordering::Relaxed));
             }
             Msg::End { origin } if !self.is_active() => splicer.drop_copy(i, origin),
@@ -276,7 +307,12 @@ impl Peers {
         }
         self.active.store(true, Ordering::Relaxed);
         let copies = splicer.adopt_copies();
-        for _ in 0..3 {
+        // Three announcements a little apart, as a lost one would leave hosts
+        // sending to the dead proxy until their ARP entries age out.
+        for n in 0..3 {
+            if n > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             if let Err(e) = crate::garp::announce(&self.cfg.dev, vip) {
                 eprintln!("lzproxy: announcing {vip}: {e}");
             }
