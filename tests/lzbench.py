@@ -46,6 +46,17 @@ def sh(cmd, check=True, timeout=120, **kw):
     return p
 
 
+def wait_for(what, pred, timeout=10.0, step=0.05):
+    """Poll `pred` until it returns something true (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise BenchError(f"timed out waiting for {what}")
+
+
 def guest_addr(i):
     return f"{SUBNET}.{11 + i}"
 

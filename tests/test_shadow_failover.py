@@ -21,7 +21,7 @@ import subprocess
 import time
 
 import pcap
-from lzbench import Bench, lzctl_path, sha256_file, shadow_backup_toml
+from lzbench import Bench, lzctl_path, sha256_file, shadow_backup_toml, wait_for
 
 LZCTL = lzctl_path()
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -37,16 +37,6 @@ def backup_mac(g):
 
 def status(g):
     return json.loads(g.out(f"{LZCTL} -j shadow status"))
-
-
-def wait_for(what, pred, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_lzserver(g):

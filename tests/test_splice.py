@@ -12,7 +12,7 @@ import os
 import shlex
 import time
 
-from lzbench import Bench, lzctl_path, sha256_file
+from lzbench import Bench, lzctl_path, sha256_file, wait_for
 from lzserver import stream
 
 LZCTL = lzctl_path()
@@ -93,6 +93,37 @@ def header(path, name):
     return None
 
 
+def upload_file(work, name, seed, n):
+    """A file of `n` bytes of the seeded stream, to upload."""
+    src = os.path.join(work, name)
+    with open(src, "wb") as f:
+        for chunk in stream(seed, n):
+            f.write(chunk)
+    return src
+
+
+def check_jobs(jobs, diagnose=lambda: ""):
+    """Wait for every curl job; each download must be the seeded stream (from the
+    named backend, when one is given) and each upload's reply its SHA-256. Returns the
+    bytes moved."""
+    total = 0
+    for kind, out, info, p in jobs:
+        assert p.wait(timeout=180) == 0, f"curl failed: {open(out + '.meta').read()}\n{diagnose()}"
+        if kind == "get":
+            n, seed, backend = info
+            assert os.path.getsize(out) == n, f"{out}: {os.path.getsize(out)} bytes, expected {n}"
+            assert sha256_file(out) == stream_sha(seed, n), f"{out}: wrong bytes"
+            if backend:
+                assert header(out + ".hdr", "X-Backend") == backend, f"{out} was routed to the wrong backend"
+            total += n
+        else:
+            (src,) = info
+            with open(out) as f:
+                assert f.read().strip() == sha256_file(src), f"{out}: the backend received other bytes"
+            total += os.path.getsize(src)
+    return total
+
+
 def test_concurrent_downloads_and_uploads_through_the_splice_arrive_exact():
     with Bench(3, name="lzsp") as b:
         proxy, b1, b2 = setup(b)
@@ -106,27 +137,10 @@ def test_concurrent_downloads_and_uploads_through_the_splice_arrive_exact():
             out = os.path.join(work, f"get{i}")
             jobs.append(("get", out, (n, 100 + i, route[1]), curl(b, f"http://{proxy.addr}/{route[0]}/bytes/{n}?seed={100 + i}", out)))
         for i in range(6):
-            n = 700_000 + 253_000 * i
-            src = os.path.join(work, f"up{i}.bin")
-            with open(src, "wb") as f:
-                for chunk in stream(500 + i, n):
-                    f.write(chunk)
+            src = upload_file(work, f"up{i}.bin", 500 + i, 700_000 + 253_000 * i)
             out = os.path.join(work, f"put{i}")
             jobs.append(("put", out, (src,), curl(b, f"-T {src} http://{proxy.addr}/upload/{i}", out)))
-        total = 0
-        for kind, out, info, p in jobs:
-            assert p.wait(timeout=180) == 0, f"curl failed: {open(out + '.meta').read()}"
-            if kind == "get":
-                n, seed, backend = info
-                assert os.path.getsize(out) == n, f"{out}: {os.path.getsize(out)} bytes, expected {n}"
-                assert sha256_file(out) == stream_sha(seed, n), f"{out}: wrong bytes"
-                assert header(out + ".hdr", "X-Backend") == backend, f"{out} was routed to the wrong backend"
-                total += n
-            else:
-                (src,) = info
-                with open(out) as f:
-                    assert f.read().strip() == sha256_file(src), f"{out}: the backend received other bytes"
-                total += os.path.getsize(src)
+        total = check_jobs(jobs)
         st = splice_status(proxy)
         print("splice status:", st)
         s = st["stats"]
@@ -187,23 +201,13 @@ def holds_vip(g):
     return f" {VIP}/32 " in g.out("ip -4 addr show dev lz0")
 
 
-def wait_for(what, pred, timeout=20.0, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_proxy_killed_mid_transfer_loses_no_spliced_connection():
     with Bench(4, name="lzspf") as b:
         p1, p2, b1, b2 = b.guests
         start_backend(b1, "b1")
         start_backend(b2, "b2")
         start_cluster_proxy(p1, "p1", [("p2", p2)], [b1, b2])
-        wait_for("p1 to hold the service address", lambda: holds_vip(p1))
+        wait_for("p1 to hold the service address", lambda: holds_vip(p1), timeout=20, step=0.1)
         start_cluster_proxy(p2, "p2", [("p1", p1)], [b1, b2])
         time.sleep(1.0)
         assert not holds_vip(p2), "the standby took the address while the active proxy was alive"
@@ -216,21 +220,17 @@ def test_a_proxy_killed_mid_transfer_loses_no_spliced_connection():
             route = "one" if i % 2 == 0 else "two"
             out = os.path.join(work, f"get{i}")
             url = f"http://{VIP}/{route}/bytes/{n}?seed={300 + i}&rate=150000"
-            jobs.append(("get", out, (n, 300 + i), curl(b, shlex.quote(url), out)))
+            jobs.append(("get", out, (n, 300 + i, None), curl(b, shlex.quote(url), out)))
         for i in range(3):
-            n = 3_000_000 + 77_000 * i
-            src = os.path.join(work, f"up{i}.bin")
-            with open(src, "wb") as f:
-                for chunk in stream(700 + i, n):
-                    f.write(chunk)
+            src = upload_file(work, f"up{i}.bin", 700 + i, 3_000_000 + 77_000 * i)
             out = os.path.join(work, f"put{i}")
             jobs.append(("put", out, (src,), curl(b, f"--limit-rate 150K -T {src} http://{VIP}/upload/{i}", out)))
 
         # Every connection is spliced on p1 and copied to p2 before p1 dies.
         started = time.monotonic()
-        wait_for("every connection to be spliced on p1", lambda: splice_status(p1)["stats"]["splices"] >= len(jobs))
+        wait_for("every connection to be spliced on p1", lambda: splice_status(p1)["stats"]["splices"] >= len(jobs), timeout=20, step=0.1)
         print(f"spliced after {time.monotonic() - started:.2f} s")
-        wait_for("p2 to hold a copy of each splice", lambda: len(splice_list(p2)) >= len(jobs))
+        wait_for("p2 to hold a copy of each splice", lambda: len(splice_list(p2)) >= len(jobs), timeout=20, step=0.1)
         print(f"copied after {time.monotonic() - started:.2f} s")
         print("p1 splices:", splice_status(p1)["stats"], "p2:", splice_status(p2)["stats"])
         progress = splice_status(p1)["stats"]["forwarded_bytes"]
@@ -239,21 +239,11 @@ def test_a_proxy_killed_mid_transfer_loses_no_spliced_connection():
         wait_for("p2 to take the service address over", lambda: holds_vip(p2), timeout=10)
         print(f"p2 holds {VIP} {time.monotonic() - killed:.2f} s after p1 died")
 
-        for kind, out, info, p in jobs:
-            assert p.wait(timeout=180) == 0, f"curl failed: {open(out + '.meta').read()}\np2 log:\n{p2.out('cat /tmp/lzproxy.log')}"
-            if kind == "get":
-                n, seed = info
-                assert os.path.getsize(out) == n, f"{out}: {os.path.getsize(out)} bytes, expected {n}"
-                assert sha256_file(out) == stream_sha(seed, n), f"{out}: wrong bytes"
-            else:
-                (src,) = info
-                with open(out) as f:
-                    assert f.read().strip() == sha256_file(src), f"{out}: the backend received other bytes"
+        total = check_jobs(jobs, lambda: "p2 log:\n" + p2.out("cat /tmp/lzproxy.log"))
         st2 = splice_status(p2)
         s = st2["stats"]
         print("p2 after:", s, f"last send errno {st2['last_send_errno']}; p1 had forwarded {progress} bytes")
         assert s["installed"] >= len(jobs)
-        total = sum(os.path.getsize(out) for kind, out, _, _ in jobs if kind == "get") + sum(os.path.getsize(i[0]) for kind, _, i, _ in jobs if kind == "put")
         assert s["forwarded_bytes"] >= 0.2 * total, f"p2 forwarded {s['forwarded_bytes']} of {total} bytes: the failure did not land mid-transfer"
         assert s["send_errors"] == 0 and s["rewrite_errors"] == 0
         # A new connection goes to the new active proxy.
@@ -353,7 +343,7 @@ def test_forged_replayed_and_truncated_peer_datagrams_are_refused():
         p1, p2, b1 = b.guests
         start_backend(b1, "b1")
         start_cluster_proxy(p1, "p1", [("p2", p2)], [b1, b1])
-        wait_for("p1 to hold the service address", lambda: holds_vip(p1))
+        wait_for("p1 to hold the service address", lambda: holds_vip(p1), timeout=20, step=0.1)
         start_cluster_proxy(p2, "p2", [("p1", p1)], [b1, b1])
         # Capture one of p1's datagrams to p2 on the client side of the segment (the
         # bridge floods until it learns, so capture on p2's port).

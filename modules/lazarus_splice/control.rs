@@ -186,6 +186,21 @@ impl Control {
         Err(refuse(&self.shared, req, c"only the initial network namespace is supported", EOPNOTSUPP()))
     }
 
+    /// Add a pair to the table; its id, or the refusal answered to `req`.
+    fn add(&self, req: &Request<'_>, client: &Side, backend: &Side, state: State) -> Result<u32> {
+        let s = &*self.shared;
+        let now = now_ms();
+        match s.with_table(|t| t.add(key_of(client), key_of(backend), state, now)) {
+            Ok(id) => Ok(id),
+            Err(Refusal::Taken) => Err(refuse(s, req, c"one of the connections is frozen or spliced already", EEXIST)),
+            Err(Refusal::Full) => {
+                bump(&s.stats.table_full);
+                req.set_message(c"the splice table is full");
+                Err(ENOSPC)
+            }
+        }
+    }
+
     fn pre_splice(&self, c: u8, req: &Request<'_>) -> Result {
         let s = &*self.shared;
         self.initial_namespace(req)?;
@@ -203,17 +218,7 @@ impl Control {
         if socket_of(net, &client).is_none() || socket_of(net, &backend).is_none() {
             return Err(refuse(s, req, c"no established connection of this host has one of the 4-tuples", ENOENT));
         }
-        let now = now_ms();
-        let r = s.with_table(|t| t.add(key_of(&client), key_of(&backend), State::Frozen(SkbQueue::default()), now));
-        let id = match r {
-            Ok(id) => id,
-            Err(Refusal::Taken) => return Err(refuse(s, req, c"one of the connections is frozen or spliced already", EEXIST)),
-            Err(Refusal::Full) => {
-                bump(&s.stats.table_full);
-                req.set_message(c"the splice table is full");
-                return Err(ENOSPC);
-            }
-        };
+        let id = self.add(req, &client, &backend, State::Frozen(SkbQueue::default()))?;
         bump(&s.stats.pre_splices);
         req.reply(c, |m| m.put_u32(a::ID, id))
     }
@@ -296,17 +301,7 @@ impl Control {
                 return Err(EINVAL);
             }
         };
-        let now = now_ms();
-        let r = s.with_table(|t| t.add(key_of(&client), key_of(&backend), State::Spliced(sp), now));
-        let id = match r {
-            Ok(id) => id,
-            Err(Refusal::Taken) => return Err(refuse(s, req, c"one of the connections is frozen or spliced already", EEXIST)),
-            Err(Refusal::Full) => {
-                bump(&s.stats.table_full);
-                req.set_message(c"the splice table is full");
-                return Err(ENOSPC);
-            }
-        };
+        let id = self.add(req, &client, &backend, State::Spliced(sp))?;
         bump(&s.stats.installed);
         req.reply(c, |m| m.put_u32(a::ID, id))
     }
