@@ -186,12 +186,13 @@ impl Control {
         Err(refuse(&self.shared, req, c"only the initial network namespace is supported", EOPNOTSUPP()))
     }
 
-    /// Add a pair to the table; its id, or the refusal answered to `req`.
-    fn add(&self, req: &Request<'_>, client: &Side, backend: &Side, state: State) -> Result<u32> {
+    /// Add a pair to the table; its id and whether it is new, or the refusal answered
+    /// to `req`.
+    fn add(&self, req: &Request<'_>, client: &Side, backend: &Side, state: State) -> Result<(u32, bool)> {
         let s = &*self.shared;
         let now = now_ms();
         match s.with_table(|t| t.add(key_of(client), key_of(backend), state, now)) {
-            Ok(id) => Ok(id),
+            Ok(added) => Ok(added),
             Err(Refusal::Taken) => Err(refuse(s, req, c"one of the connections is frozen or spliced already", EEXIST)),
             Err(Refusal::Full) => {
                 bump(&s.stats.table_full);
@@ -218,7 +219,8 @@ impl Control {
         if socket_of(net, &client).is_none() || socket_of(net, &backend).is_none() {
             return Err(refuse(s, req, c"no established connection of this host has one of the 4-tuples", ENOENT));
         }
-        let id = self.add(req, &client, &backend, State::Frozen(SkbQueue::default()))?;
+        // A frozen pair never matches an existing one: it is always new.
+        let (id, _) = self.add(req, &client, &backend, State::Frozen(SkbQueue::default()))?;
         bump(&s.stats.pre_splices);
         req.reply(c, |m| m.put_u32(a::ID, id))
     }
@@ -301,8 +303,10 @@ impl Control {
                 return Err(EINVAL);
             }
         };
-        let id = self.add(req, &client, &backend, State::Spliced(sp))?;
-        bump(&s.stats.installed);
+        let (id, new) = self.add(req, &client, &backend, State::Spliced(sp))?;
+        if new {
+            bump(&s.stats.installed);
+        }
         req.reply(c, |m| m.put_u32(a::ID, id))
     }
 

@@ -118,9 +118,28 @@ impl Table {
         })
     }
 
-    /// Add a pair in `state` (frozen, or spliced from a peer's state); its handle.
-    pub(crate) fn add(&mut self, client_key: FlowKey, backend_key: FlowKey, state: State, now: u64) -> core::result::Result<u32, Refusal> {
-        if self.keys.get(&client_key).is_some() || self.keys.get(&backend_key).is_some() {
+    /// Add a pair in `state` (frozen, or spliced from a peer's state); its handle, and
+    /// whether it is new.
+    ///
+    /// Installing a splice that is already in the table with the same two sides
+    /// refreshes it instead (its idle clock restarts) and returns its handle: a
+    /// standby's copies see no segment until a takeover, and the active proxy's
+    /// repeated announcements keep them from expiring.
+    pub(crate) fn add(&mut self, client_key: FlowKey, backend_key: FlowKey, state: State, now: u64) -> core::result::Result<(u32, bool), Refusal> {
+        let existing = [self.keys.get(&client_key).copied(), self.keys.get(&backend_key).copied()];
+        if let [Some(a), Some(b)] = existing {
+            if a == b {
+                if let (Some(e), State::Spliced(new)) = (self.entries.get_mut(a), &state) {
+                    if let State::Spliced(old) = &e.state {
+                        if old.client() == new.client() && old.backend() == new.backend() {
+                            e.last_ms = now;
+                            return Ok((a, false));
+                        }
+                    }
+                }
+            }
+        }
+        if existing.iter().any(Option::is_some) {
             return Err(Refusal::Taken);
         }
         let entry = Entry {
@@ -137,7 +156,7 @@ impl Table {
             self.remove(h);
             return Err(Refusal::Full);
         }
-        Ok(h)
+        Ok((h, true))
     }
 
     /// Take a pair out of the table.

@@ -172,6 +172,14 @@ pub fn parse(text: &str, node: Option<&str>, is_local: impl Fn(Ipv4Addr) -> bool
         let mech = s.mechanism.get_ref().as_str();
         match MECHANISMS.iter().find(|(m, _)| *m == mech) {
             Some((_, true)) => {}
+            // Splicing proxies run lzproxy, which replicates its splices itself.
+            Some(_) if mech == "splice" => {
+                return Err(format!(
+                    "line {}: service.mechanism: \"splice\" services are run by lzproxy from its own \
+                     file (docs/splice-operations.md), not by lazarusd",
+                    at(s.mechanism.span().start)
+                ))
+            }
             Some((_, false)) => {
                 return Err(format!(
                     "line {}: service.mechanism: \"{mech}\" is not built yet; this build has st-tcp",
@@ -258,6 +266,13 @@ retain_kb = 8192
 
     fn local(a: &str) -> impl Fn(Ipv4Addr) -> bool + '_ {
         move |x| x.to_string() == a
+    }
+
+    #[test]
+    fn a_splice_service_is_sent_to_lzproxy() {
+        let text = CLUSTER.replace("mechanism = \"st-tcp\"", "mechanism = \"splice\"");
+        let e = parse(&text, Some("beta"), |_| false).unwrap_err();
+        assert!(e.contains("\"splice\" services are run by lzproxy"), "{e}");
     }
 
     #[test]

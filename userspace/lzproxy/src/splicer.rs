@@ -205,12 +205,18 @@ impl Splicer {
 
     /// Install (or refresh) a copy of peer `peer`'s splice `id`.
     pub fn install_copy(&self, peer: usize, id: u32, state: &SpliceState, generation: u32) {
-        {
-            let mut kept = self.kept();
-            if let Some(k) = kept.values_mut().find(|k| matches!(k.origin, Origin::Copy { peer: p, id: i, .. } if p == peer && i == id)) {
-                k.origin = Origin::Copy { peer, id, seen: generation };
-                return;
+        let shifts = TsShifts { to_backend: state.shifts[0], to_client: state.shifts[1] };
+        let known = self.kept().iter().find(|(_, k)| matches!(k.origin, Origin::Copy { peer: p, id: i, .. } if p == peer && i == id)).map(|(l, _)| *l);
+        if let Some(local) = known {
+            // Installing the same splice again refreshes the kernel's copy, whose idle
+            // clock would otherwise run out while it waits for a takeover.
+            if let Err(e) = self.nl().install(&side_of(&state.client), &side_of(&state.backend), shifts) {
+                eprintln!("lzproxy: refreshing the copy of peer splice {id}: {e}");
             }
+            if let Some(k) = self.kept().get_mut(&local) {
+                k.origin = Origin::Copy { peer, id, seen: generation };
+            }
+            return;
         }
         // Hold the backend connection's port first, so that nothing here connects
         // from it while the copy waits.
@@ -221,7 +227,6 @@ impl Splicer {
                 return;
             }
         };
-        let shifts = TsShifts { to_backend: state.shifts[0], to_client: state.shifts[1] };
         let r = self.nl().install(&side_of(&state.client), &side_of(&state.backend), shifts);
         match r {
             Ok(local) => {
