@@ -62,7 +62,8 @@ pub unsafe fn send_local(net: &Net, skb: *mut bindings::sk_buff) -> Result {
         fl4.daddr = daddr;
         fl4.__fl_common.flowic_proto = ip[9];
         let rt = bindings::ip_route_output_flow(net.as_ptr(), &mut fl4, core::ptr::null());
-        if rt.is_null() || rt as usize >= (usize::MAX - MAX_ERRNO) {
+        // IS_ERR: the top MAX_ERRNO addresses encode a negative errno.
+        if rt.is_null() || rt as usize > usize::MAX - MAX_ERRNO {
             free();
             let errno = if rt.is_null() { -(bindings::EHOSTUNREACH as i32) } else { rt as isize as i32 };
             return Err(Error::from_errno(errno));

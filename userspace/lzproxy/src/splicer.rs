@@ -83,6 +83,8 @@ struct Kept {
     _holds: Vec<OwnedFd>,
     state: SpliceState,
     origin: Origin,
+    /// When it was kept: a listing taken before then cannot show it yet.
+    since: Instant,
 }
 
 pub struct Splicer {
@@ -170,6 +172,9 @@ impl Splicer {
         if self.kept().is_empty() {
             return;
         }
+        // A splice kept after the listing was taken is not in it, and must not be
+        // taken for ended.
+        let listed_at = Instant::now();
         let live: std::collections::HashSet<u32> = match self.nl().list() {
             Ok(l) => l.into_iter().map(|e| e.id).collect(),
             Err(e) => {
@@ -180,7 +185,7 @@ impl Splicer {
         let mut ended = Vec::new();
         // Dropping a kept entry closes its sockets; in repair mode that sends nothing.
         self.kept().retain(|id, k| {
-            let keep = live.contains(id);
+            let keep = live.contains(id) || k.since >= listed_at;
             if !keep && !matches!(k.origin, Origin::Copy { .. }) {
                 ended.push(*id);
             }
@@ -230,7 +235,7 @@ impl Splicer {
         let r = self.nl().install(&side_of(&state.client), &side_of(&state.backend), shifts);
         match r {
             Ok(local) => {
-                self.kept().insert(local, Kept { _holds: vec![hold], state: *state, origin: Origin::Copy { peer, id, seen: generation } });
+                self.kept().insert(local, Kept { _holds: vec![hold], state: *state, origin: Origin::Copy { peer, id, seen: generation }, since: Instant::now() });
             }
             Err(e) => eprintln!("lzproxy: copy of peer splice {id}: {e}"),
         }
@@ -291,7 +296,7 @@ impl Splicer {
         match self.settle_and_splice(id, &mut client, &mut backend, c_ends, b_ends) {
             Ok(state) => {
                 self.counts.spliced.fetch_add(1, Ordering::Relaxed);
-                self.kept().insert(id, Kept { _holds: vec![client.into(), backend.into()], state, origin: Origin::Own });
+                self.kept().insert(id, Kept { _holds: vec![client.into(), backend.into()], state, origin: Origin::Own, since: Instant::now() });
                 if let Some(p) = self.peers.get() {
                     p.announce(id, &state);
                 }
