@@ -23,11 +23,10 @@ import shlex
 import statistics
 import time
 
-from lzbench import Bench
+from lzbench import Bench, lzproxy_toml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
-LZPROXY = os.path.join(ROOT, "target", "release", "lzproxy")
 LZCTL = os.path.join(ROOT, "target", "release", "lzctl")
 BLOB_MB = 64
 SMALL = "small"  # a 1 KiB file next to the blob
@@ -41,28 +40,13 @@ def busy_jiffies(g):
     return sum(f) - f[3] - f[4]
 
 
-def proxy_config(listen, backend, splice):
-    return f"""[proxy]
-listen = "{listen}"
-splice = {"true" if splice else "false"}
-
-[[backend]]
-name = "b"
-addr = "{backend}"
-
-[[route]]
-path_prefix = "/"
-backends = ["b"]
-"""
-
-
 def start_proxies(proxy, backend):
     """lzproxy relaying on :81, splicing on :82, HAProxy on :83, all to the backend."""
     proxy.run(f"insmod {proxy.bench.modules}/lazarus_splice/lazarus_splice.ko")
     for port, splice in ((81, False), (82, True)):
-        cfg = proxy_config(f"{proxy.addr}:{port}", f"{backend.addr}:80", splice)
-        proxy.run(f"cat > /tmp/lzp{port}.toml <<'CFG'\n{cfg}CFG\n"
-                  f"ulimit -n 8192; setsid {LZPROXY} --config /tmp/lzp{port}.toml </dev/null >/tmp/lzp{port}.log 2>&1 &")
+        listen = f"{proxy.addr}:{port}"
+        cfg = lzproxy_toml(listen, [("b", f"{backend.addr}:80")], [("/", ["b"])], splice)
+        proxy.start_lzproxy(cfg, listen, path=f"/tmp/lzp{port}.toml", log=f"/tmp/lzp{port}.log")
     proxy.run(f"""cat > /tmp/haproxy.cfg <<'CFG'
 global
   maxconn 4096
@@ -163,29 +147,8 @@ def failover():
                     "for i in $(seq 100); do ss -lnt | grep -q ':8080 ' && exit 0; sleep 0.1; done; exit 1")
         for g, name, peer, other in ((p1, "p1", "p2", p2), (p2, "p2", "p1", p1)):
             g.run(f"insmod {b.modules}/lazarus_splice/lazarus_splice.ko; umask 077; printf %s 'lazarus bench cluster key 01' > /tmp/lz.key")
-            cfg = f"""[proxy]
-listen = "{VIP}:80"
-
-[cluster]
-name = "{name}"
-vip = "{VIP}"
-dev = "lz0"
-heartbeat_ms = 200
-key_file = "/tmp/lz.key"
-
-[[peer]]
-name = "{peer}"
-addr = "{other.addr}"
-
-[[backend]]
-name = "b1"
-addr = "{backend.addr}:8080"
-
-[[route]]
-path_prefix = "/"
-backends = ["b1"]
-"""
-            g.run(f"cat > /tmp/lzproxy.toml <<'CFG'\n{cfg}CFG\nulimit -n 8192; setsid {LZPROXY} --config /tmp/lzproxy.toml </dev/null >/tmp/lzproxy.log 2>&1 &")
+            cluster = {"name": name, "vip": VIP, "heartbeat_ms": 200, "key_file": "/tmp/lz.key", "peers": [(peer, other.addr)]}
+            g.start_lzproxy(lzproxy_toml(f"{VIP}:80", [("b1", f"{backend.addr}:8080")], [("/", ["b1"])], cluster=cluster), f"{VIP}:80")
             if g is p1:
                 for _ in range(100):
                     if f" {VIP}/32 " in p1.out("ip -4 addr show dev lz0"):

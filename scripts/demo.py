@@ -32,7 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from lzbench import Bench, lzctl_path, sha256_file, shadow_backup_toml  # noqa: E402
+from lzbench import Bench, lzctl_path, lzproxy_toml, sha256_file, shadow_backup_toml  # noqa: E402
 
 LZCTL = lzctl_path()
 VIP = "10.77.0.100"
@@ -113,6 +113,64 @@ class Watch:
         print()
 
 
+class Clients:
+    """The demo's clients on the host's stack: curl downloading the file, and a
+    keep-alive session fetching a small object 10 times a second, both from
+    http://VIP/. `run` kills `victim` part way through the download and waits for both
+    to finish; the attributes then hold what they got."""
+
+    def __init__(self, b, a, want):
+        self.b, self.a, self.want = b, a, want
+        self.total = a.mb << 20
+        self.out = os.path.join(b.workdir, "blob")
+        self.n_requests = int(self.total / (a.rate * (1 << 20)) * 10) + 20
+
+    def run(self, victim, watched, status=None, victim_name="PRIMARY"):
+        b, a = self.b, self.a
+        dl = b.host_popen(f"curl -sS --limit-rate {int(a.rate * (1 << 20))} -o {self.out} "
+                          f"-w '%{{http_code}} %{{size_download}} %{{time_total}}' http://{VIP}/blob",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        session = b.host_popen(f"for i in $(seq {self.n_requests}); do echo url = http://{VIP}/blob.sha; "
+                               f"echo output = /dev/null; done | stdbuf -oL curl -sS -K - --rate 10/s "
+                               f"-w '%{{http_code}} %{{num_connects}}\\n'", stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        watch = Watch(self.out, session, status, victim_name)
+        shower = threading.Thread(target=watch.run, args=(self.total, watched), daemon=True)
+        shower.start()
+        while watch.size() < self.total * a.kill_at and dl.poll() is None:
+            time.sleep(0.05)
+        watch.killed_at = time.monotonic()
+        victim.fence()
+        dl_out, self.dl_err = dl.communicate(timeout=600)
+        # The session's output is read line by line by the watcher, as it comes.
+        session.wait(timeout=600)
+        watch.reader.join(timeout=10)
+        self.ka_err = session.stderr.read()
+        time.sleep(0.2)
+        watch.done.set()
+        shower.join()
+        self.code, self.size, self.secs = (dl_out.split() + ["?", "?", "?"])[:3]
+        self.got = sha256_file(self.out) if os.path.exists(self.out) else ""
+        replies = [l for _, l in watch.replies]
+        self.ok_replies = sum(1 for l in replies if l.startswith("200 "))
+        self.connects = sum(int(l.split()[1]) for l in replies if len(l.split()) == 2 and l.split()[1].isdigit())
+        self.watch = watch
+        self.ok = (dl.returncode == 0 and self.code == "200" and self.got == self.want and session.returncode == 0
+                   and self.ok_replies == self.n_requests and self.connects == 1)
+
+    def report(self):
+        """The lines every mechanism's report shares."""
+        print(f"    download:          HTTP {self.code}, {self.size} of {self.total} bytes in {self.secs} s, sha256 "
+              f"{'matches the server file' if self.got == self.want else 'DIFFERS'}")
+        print(f"    keep-alive:        {self.ok_replies}/{self.n_requests} replies OK over {self.connects} TCP connection(s)")
+        print(f"    longest stall:     download {self.watch.dl_gap:.2f} s, keep-alive {self.watch.ka_gap:.2f} s "
+              f"(normal gap 0.10 s)")
+
+    def errors(self):
+        if self.dl_err.strip() or self.ka_err.strip():
+            print(f"    client errors:     {self.dl_err.strip()} {self.ka_err.strip()}")
+
+
 def shadow_line(backup):
     st = json.loads(backup.out(f"{LZCTL} -j shadow status", timeout=10))
     return f"backup: {st['role']}, gate {'open' if st['gate_open'] else 'shut'}, peer {st['peer_state']}"
@@ -159,91 +217,30 @@ def main():
 
         say(f"client (the host's own TCP stack): curl downloads the file at {a.rate:g} MiB/s, and a keep-alive "
             "session fetches a small object 10 times a second")
-        out = os.path.join(b.workdir, "blob")
-        total = a.mb << 20
-        dl = b.host_popen(f"curl -sS --limit-rate {int(a.rate * (1 << 20))} -o {out} "
-                          f"-w '%{{http_code}} %{{size_download}} %{{time_total}}' http://{VIP}/blob",
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        n_requests = int(total / (a.rate * (1 << 20)) * 10) + 20
-        session = b.host_popen(f"for i in $(seq {n_requests}); do echo url = http://{VIP}/blob.sha; "
-                               f"echo output = /dev/null; done | stdbuf -oL curl -sS -K - --rate 10/s "
-                               f"-w '%{{http_code}} %{{num_connects}}\\n'", stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        watch = Watch(out, session)
-        shower = threading.Thread(target=watch.run, args=(total, backup), daemon=True)
-        shower.start()
-        while watch.size() < total * a.kill_at and dl.poll() is None:
-            time.sleep(0.05)
-        watch.killed_at = time.monotonic()
-        primary.fence()
-        dl_out, dl_err = dl.communicate(timeout=600)
-        # The session's output is read line by line by the watcher, as it comes.
-        session.wait(timeout=600)
-        watch.reader.join(timeout=10)
-        ka_err = session.stderr.read()
-        time.sleep(0.2)
-        watch.done.set()
-        shower.join()
+        clients = Clients(b, a, want)
+        clients.run(primary, backup)
 
         say("the primary was killed; lazarusd on the backup logged:")
         log = backup.out("cat /tmp/lzd.log")
         print("    " + "\n    ".join(l for l in log.strip().splitlines() if "shadow" in l or "takeover" in l
                                      or "fence" in l or "failed" in l))
         st = json.loads(backup.out(f"{LZCTL} -j shadow status"))
-        fields = (dl_out.split() + ["?", "?", "?"])[:3]
-        code, size, secs = fields
-        got = sha256_file(out) if os.path.exists(out) else ""
-        replies = [l for _, l in watch.replies]
-        ok_replies = sum(1 for l in replies if l.startswith("200 "))
-        connects = sum(int(l.split()[1]) for l in replies if len(l.split()) == 2 and l.split()[1].isdigit())
-        ok = (dl.returncode == 0 and code == "200" and got == want and session.returncode == 0
-              and ok_replies == n_requests and connects == 1 and st["stats"]["conns_reset"] == 0)
+        ok = clients.ok and st["stats"]["conns_reset"] == 0
 
         say("report")
         print(f"    mechanism:         ST-TCP (lazarus_shadow), heartbeat {HEARTBEAT_MS} ms, backup now "
               f"{st['role']} with the gate {'open' if st['gate_open'] else 'shut'}")
-        print(f"    download:          HTTP {code}, {size} of {total} bytes in {secs} s, sha256 "
-              f"{'matches the server file' if got == want else 'DIFFERS'}")
-        print(f"    keep-alive:        {ok_replies}/{n_requests} replies OK over {connects} TCP connection(s)")
-        print(f"    longest stall:     download {watch.dl_gap:.2f} s, keep-alive {watch.ka_gap:.2f} s "
-              f"(normal gap 0.10 s)")
+        clients.report()
         print(f"    connections reset: {st['stats']['conns_reset']}, clients prompted at takeover: "
               f"{st['stats']['prompts']}")
-        if dl_err.strip() or ka_err.strip():
-            print(f"    client errors:     {dl_err.strip()} {ka_err.strip()}")
+        clients.errors()
         b.assert_no_kernel_trouble()
         say("the client did not notice: same connections, every byte right" if ok else "FAILED: see above")
         if not ok:
             sys.exit(1)
 
 
-LZPROXY = os.path.join(ROOT, "target", "release", "lzproxy")
 PROXY_HEARTBEAT_MS = 200
-
-
-def proxy_toml(name, peer, peer_addr, backend_addr):
-    return f"""[proxy]
-listen = "{VIP}:{PORT}"
-
-[cluster]
-name = "{name}"
-vip = "{VIP}"
-dev = "lz0"
-heartbeat_ms = {PROXY_HEARTBEAT_MS}
-key_file = "{KEY_FILE}"
-
-[[peer]]
-name = "{peer}"
-addr = "{peer_addr}"
-
-[[backend]]
-name = "web"
-addr = "{backend_addr}:8080"
-
-[[route]]
-path_prefix = "/"
-backends = ["web"]
-"""
 
 
 def splice_line(g):
@@ -265,9 +262,11 @@ def splice_demo(a):
         key = base64.b64encode(os.urandom(32)).decode()
         for g, name, peer, other in ((p1, "p1", "p2", p2), (p2, "p2", "p1", p1)):
             g.insmod("lazarus_splice")
-            g.run(f"umask 077; echo {key} > {KEY_FILE}\ncat > /tmp/lzproxy.toml <<'CFG'\n"
-                  f"{proxy_toml(name, peer, other.addr, web.addr)}CFG\n{LZPROXY} --config /tmp/lzproxy.toml --check\n"
-                  f"ulimit -n 8192; setsid {LZPROXY} --config /tmp/lzproxy.toml </dev/null >/tmp/lzproxy.log 2>&1 &")
+            g.run(f"umask 077; echo {key} > {KEY_FILE}")
+            cluster = {"name": name, "vip": VIP, "heartbeat_ms": PROXY_HEARTBEAT_MS, "key_file": KEY_FILE,
+                       "peers": [(peer, other.addr)]}
+            g.start_lzproxy(lzproxy_toml(f"{VIP}:{PORT}", [("web", f"{web.addr}:8080")], [("/", ["web"])], cluster=cluster),
+                            f"{VIP}:{PORT}")
             if g is p1:
                 deadline = time.monotonic() + 20
                 while f" {VIP}/32 " not in p1.out("ip -4 addr show dev lz0"):
@@ -280,53 +279,20 @@ def splice_demo(a):
 
         say(f"client (the host's own TCP stack): curl downloads the file at {a.rate:g} MiB/s through the proxy, and a "
             "keep-alive session fetches a small object 10 times a second")
-        out = os.path.join(b.workdir, "blob")
-        total = a.mb << 20
-        dl = b.host_popen(f"curl -sS --limit-rate {int(a.rate * (1 << 20))} -o {out} "
-                          f"-w '%{{http_code}} %{{size_download}} %{{time_total}}' http://{VIP}/blob",
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        n_requests = int(total / (a.rate * (1 << 20)) * 10) + 20
-        session = b.host_popen(f"for i in $(seq {n_requests}); do echo url = http://{VIP}/blob.sha; "
-                               f"echo output = /dev/null; done | stdbuf -oL curl -sS -K - --rate 10/s "
-                               f"-w '%{{http_code}} %{{num_connects}}\\n'", stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        watch = Watch(out, session, status=splice_line, victim="PROXY p1")
-        shower = threading.Thread(target=watch.run, args=(total, p2), daemon=True)
-        shower.start()
-        while watch.size() < total * a.kill_at and dl.poll() is None:
-            time.sleep(0.05)
-        watch.killed_at = time.monotonic()
-        p1.fence()
-        dl_out, dl_err = dl.communicate(timeout=600)
-        session.wait(timeout=600)
-        watch.reader.join(timeout=10)
-        ka_err = session.stderr.read()
-        time.sleep(0.2)
-        watch.done.set()
-        shower.join()
+        clients = Clients(b, a, want)
+        clients.run(p1, p2, status=splice_line, victim_name="PROXY p1")
 
         say("p1 was killed; lzproxy on p2 logged:")
         print("    " + "\n    ".join(p2.out("cat /tmp/lzproxy.log").strip().splitlines()))
         st = json.loads(p2.out(f"{LZCTL} -j splice status"))
-        code, size, secs = (dl_out.split() + ["?", "?", "?"])[:3]
-        got = sha256_file(out) if os.path.exists(out) else ""
-        replies = [l for _, l in watch.replies]
-        ok_replies = sum(1 for l in replies if l.startswith("200 "))
-        connects = sum(int(l.split()[1]) for l in replies if len(l.split()) == 2 and l.split()[1].isdigit())
-        ok = (dl.returncode == 0 and code == "200" and got == want and session.returncode == 0
-              and ok_replies == n_requests and connects == 1)
+        ok = clients.ok
 
         say("report")
         print(f"    mechanism:         CRAFT splicing (lazarus_splice + lzproxy), proxy heartbeat {PROXY_HEARTBEAT_MS} ms")
-        print(f"    download:          HTTP {code}, {size} of {total} bytes in {secs} s, sha256 "
-              f"{'matches the server file' if got == want else 'DIFFERS'}")
-        print(f"    keep-alive:        {ok_replies}/{n_requests} replies OK over {connects} TCP connection(s)")
-        print(f"    longest stall:     download {watch.dl_gap:.2f} s, keep-alive {watch.ka_gap:.2f} s "
-              f"(normal gap 0.10 s)")
+        clients.report()
         print(f"    p2 carried on:     {st['stats']['installed']} splice(s) copied from p1, "
               f"{st['stats']['forwarded_bytes'] >> 20} MiB forwarded since")
-        if dl_err.strip() or ka_err.strip():
-            print(f"    client errors:     {dl_err.strip()} {ka_err.strip()}")
+        clients.errors()
         b.assert_no_kernel_trouble()
         say("the client did not notice: same connections, every byte right" if ok else "FAILED: see above")
         if not ok:

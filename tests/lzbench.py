@@ -194,6 +194,18 @@ nginx -c /tmp/ng/nginx.conf -p /tmp/ng
 for i in $(seq 100); do ss -lnt | grep -q ':{port} ' && exit 0; sleep 0.1; done; cat /tmp/ng/error.log; exit 1""",
                  timeout=300)
 
+    def start_lzproxy(self, config, listen, path="/tmp/lzproxy.toml", log="/tmp/lzproxy.log"):
+        """Start lzproxy on this guest with the TOML text `config` (see lzproxy_toml),
+        after checking it, and wait until it listens on `listen` ("addr:port")."""
+        lzproxy = os.path.join(ROOT, "target", "release", "lzproxy")
+        self.run(f"""cat > {path} <<'CFG'
+{config}
+CFG
+{lzproxy} --config {path} --check
+ulimit -n 8192
+setsid {lzproxy} --config {path} </dev/null >{log} 2>&1 &
+for i in $(seq 100); do ss -lnt | grep -q {shlex.quote(listen + " ")} && exit 0; sleep 0.1; done; cat {log}; exit 1""")
+
     def start_lazarusd(self, config, ready="failover driver watching", load_core=True):
         """Start lazarusd on this guest with the TOML text `config`, after checking it,
         and wait until its log matches the grep pattern `ready`. lazarusd drives every
@@ -335,6 +347,29 @@ dev = "lz0"
 heartbeat_ms = {heartbeat_ms}
 auto_takeover = true
 fence = ["true"]{key}"""
+
+
+def lzproxy_toml(listen, backends, routes, splice=True, header_timeout_ms=None, cluster=None):
+    """An lzproxy configuration. `backends`: (name, "addr:port") pairs; `routes`:
+    (path_prefix, [backend names]) or (path_prefix, [names], idempotent); `cluster`:
+    None, or a dict with name, vip, heartbeat_ms, key_file and peers ((name, addr)
+    pairs)."""
+    q = lambda v: f'"{v}"'  # noqa: E731
+    lines = ["[proxy]", f"listen = {q(listen)}", f"splice = {'true' if splice else 'false'}"]
+    if header_timeout_ms is not None:
+        lines.append(f"header_timeout_ms = {header_timeout_ms}")
+    if cluster:
+        lines += ["", "[cluster]", f"name = {q(cluster['name'])}", f"vip = {q(cluster['vip'])}", 'dev = "lz0"',
+                  f"heartbeat_ms = {cluster['heartbeat_ms']}", f"key_file = {q(cluster['key_file'])}"]
+        for name, addr in cluster["peers"]:
+            lines += ["", "[[peer]]", f"name = {q(name)}", f"addr = {q(addr)}"]
+    for name, addr in backends:
+        lines += ["", "[[backend]]", f"name = {q(name)}", f"addr = {q(addr)}"]
+    for prefix, names, *idempotent in routes:
+        lines += ["", "[[route]]", f"path_prefix = {q(prefix)}", f"backends = [{', '.join(q(n) for n in names)}]"]
+        if idempotent and idempotent[0]:
+            lines.append("idempotent = true")
+    return "\n".join(lines) + "\n"
 
 
 def sha256_file(path):

@@ -12,13 +12,12 @@ import os
 import shlex
 import time
 
-from lzbench import Bench, lzctl_path, sha256_file, wait_for
+from lzbench import Bench, lzctl_path, lzproxy_toml, sha256_file, wait_for
 from lzserver import stream
 
 LZCTL = lzctl_path()
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-LZPROXY = os.path.join(ROOT, "target", "release", "lzproxy")
 BACKEND_PORT = 8080
 
 
@@ -42,33 +41,17 @@ def start_backend(g, name):
           f"for i in $(seq 100); do ss -lnt | grep -q ':{BACKEND_PORT} ' && exit 0; sleep 0.1; done; cat /tmp/httpd.log; exit 1")
 
 
-def proxy_config(proxy, backends, splice=True):
-    lines = [
-        "[proxy]",
-        f'listen = "{proxy.addr}:80"',
-        f"splice = {'true' if splice else 'false'}",
-        "header_timeout_ms = 3000",
-        "",
-    ]
-    for i, g in enumerate(backends, start=1):
-        lines += ["[[backend]]", f'name = "b{i}"', f'addr = "{g.addr}:{BACKEND_PORT}"', ""]
-    lines += ['[[route]]', 'path_prefix = "/one/"', 'backends = ["b1"]', "",
-              '[[route]]', 'path_prefix = "/two/"', 'backends = ["b2"]', "",
-              '[[route]]', 'path_prefix = "/"', f'backends = [{", ".join(f"{chr(34)}b{i}{chr(34)}" for i in range(1, len(backends) + 1))}]',
-              "idempotent = true"]
-    return "\n".join(lines)
+def backend_list(backends):
+    return [(f"b{i}", f"{g.addr}:{BACKEND_PORT}") for i, g in enumerate(backends, start=1)]
 
 
 def start_proxy(proxy, backends, splice=True):
     if splice:
         proxy.insmod("lazarus_splice")
-    proxy.run(f"""cat > /tmp/lzproxy.toml <<'CFG'
-{proxy_config(proxy, backends, splice)}
-CFG
-{LZPROXY} --config /tmp/lzproxy.toml --check
-ulimit -n 8192
-setsid {LZPROXY} --config /tmp/lzproxy.toml </dev/null >/tmp/lzproxy.log 2>&1 &
-for i in $(seq 100); do ss -lnt | grep -q '{proxy.addr}:80 ' && exit 0; sleep 0.1; done; cat /tmp/lzproxy.log; exit 1""")
+    names = [f"b{i}" for i in range(1, len(backends) + 1)]
+    routes = [("/one/", ["b1"]), ("/two/", ["b2"]), ("/", names, True)]
+    listen = f"{proxy.addr}:80"
+    proxy.start_lzproxy(lzproxy_toml(listen, backend_list(backends), routes, splice, header_timeout_ms=3000), listen)
 
 
 def setup(b, splice=True):
@@ -162,39 +145,13 @@ VIP = "10.77.0.100"
 KEY = "lazarus test cluster key 0001"
 
 
-def cluster_config(me, name, peers, backends):
-    lines = [
-        "[proxy]",
-        f'listen = "{VIP}:80"',
-        "header_timeout_ms = 3000",
-        "",
-        "[cluster]",
-        f'name = "{name}"',
-        f'vip = "{VIP}"',
-        'dev = "lz0"',
-        "heartbeat_ms = 100",
-        'key_file = "/tmp/lz.key"',
-        "",
-    ]
-    for pname, g in peers:
-        lines += ["[[peer]]", f'name = "{pname}"', f'addr = "{g.addr}"', ""]
-    for i, g in enumerate(backends, start=1):
-        lines += ["[[backend]]", f'name = "b{i}"', f'addr = "{g.addr}:{BACKEND_PORT}"', ""]
-    lines += ['[[route]]', 'path_prefix = "/one/"', 'backends = ["b1"]', "",
-              '[[route]]', 'path_prefix = "/"', 'backends = ["b2"]']
-    return "\n".join(lines)
-
-
 def start_cluster_proxy(g, name, peers, backends):
     g.insmod("lazarus_splice")
-    g.run(f"""umask 077; printf %s '{KEY}' > /tmp/lz.key
-cat > /tmp/lzproxy.toml <<'CFG'
-{cluster_config(g, name, peers, backends)}
-CFG
-{LZPROXY} --config /tmp/lzproxy.toml --check
-ulimit -n 8192
-setsid {LZPROXY} --config /tmp/lzproxy.toml </dev/null >/tmp/lzproxy.log 2>&1 &
-for i in $(seq 100); do ss -lnt | grep -q '{VIP}:80 ' && exit 0; sleep 0.1; done; cat /tmp/lzproxy.log; exit 1""")
+    g.run(f"umask 077; printf %s '{KEY}' > /tmp/lz.key")
+    cluster = {"name": name, "vip": VIP, "heartbeat_ms": 100, "key_file": "/tmp/lz.key",
+               "peers": [(pname, p.addr) for pname, p in peers]}
+    routes = [("/one/", ["b1"]), ("/", ["b2"])]
+    g.start_lzproxy(lzproxy_toml(f"{VIP}:80", backend_list(backends), routes, header_timeout_ms=3000, cluster=cluster), f"{VIP}:80")
 
 
 def holds_vip(g):
