@@ -254,10 +254,12 @@ impl Splicer {
         self.drop_copies(|o| matches!(*o, Origin::Copy { peer: p, id: i, .. } if p == peer && i == id));
     }
 
-    /// A resync round of peer `peer` ended; copies it did not announce in the round
-    /// before (`generation`) have ended without this proxy hearing of it.
+    /// A resync round of peer `peer` ended; `generation` is the stamp the copies it
+    /// announced in that round carry. The others have ended without this proxy
+    /// hearing of it. (Comparing for equality, not order, keeps this right when the
+    /// peer's count starts again.)
     pub fn forget_stale_copies(&self, peer: usize, generation: u32) {
-        self.drop_copies(|o| matches!(*o, Origin::Copy { peer: p, seen, .. } if p == peer && seen < generation));
+        self.drop_copies(|o| matches!(*o, Origin::Copy { peer: p, seen, .. } if p == peer && seen != generation));
     }
 
     /// This proxy took the service address over: its copies are its own splices now.
