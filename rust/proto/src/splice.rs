@@ -694,4 +694,57 @@ mod tests {
         let want = csum::fold(csum::pseudo_header(q.ip.src, q.ip.dst, 6, (n - q.ip.header_len) as u16));
         assert_eq!(u16::from_be_bytes([buf[at], buf[at + 1]]), want);
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn side(local: Endpoint, remote: Endpoint) -> impl Strategy<Value = Side> {
+            (any::<u32>(), any::<u32>(), 0u8..=14, 0u8..=14, proptest::option::of(any::<u32>()), any::<bool>()).prop_map(
+                move |(snd, rcv, pw, ow, ts, sack)| Side {
+                    local,
+                    remote,
+                    snd_nxt: Seq(snd),
+                    rcv_nxt: Seq(rcv),
+                    peer_wscale: pw,
+                    own_wscale: ow,
+                    ts_now: ts,
+                    sack,
+                },
+            )
+        }
+
+        proptest! {
+            /// Whatever the two sides and the segment, the rewritten segment has valid
+            /// checksums, lands on the other connection, and keeps its payload; a
+            /// byte's position maps forward and its acknowledgment maps back.
+            #[test]
+            fn rewrites_keep_checksums_and_invert(
+                c in side(PROXY, CLIENT),
+                b in side(PROXY_OUT, BACKEND),
+                from_client in any::<bool>(),
+                seq in any::<u32>(),
+                ack in any::<u32>(),
+                flags in prop_oneof![Just(0x10u8), Just(0x18), Just(0x11), Just(0x14)],
+                window in any::<u16>(),
+                ts in proptest::option::of((any::<u32>(), any::<u32>())),
+                payload in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+                let (src, dst) = if from_client { (CLIENT, PROXY) } else { (BACKEND, PROXY_OUT) };
+                let opts = ts.map(|(v, e)| ts_opt(v, e));
+                let seg = Seg { src, dst, seq, ack, flags, window, options: opts.as_ref().map_or(&[][..], |o| &o[..]), payload: &payload };
+                let (out, n) = forward(&mut sp, &seg);
+                prop_assert!(checksums_valid(&out[..n]));
+                let p = Ipv4Tcp::parse(&out[..n]).unwrap();
+                let (to, from) = if from_client { (b, c) } else { (c, b) };
+                prop_assert_eq!((p.ip.src, p.tcp.src_port), (to.local.addr, to.local.port));
+                prop_assert_eq!((p.ip.dst, p.tcp.dst_port), (to.remote.addr, to.remote.port));
+                prop_assert_eq!(&out[p.payload_offset()..n], &payload[..]);
+                // Byte rcv_nxt of the arriving side is byte snd_nxt of the leaving one.
+                prop_assert_eq!(p.tcp.seq.diff(to.snd_nxt), Seq(seq).diff(from.rcv_nxt));
+                prop_assert_eq!(p.tcp.ack.diff(to.rcv_nxt), Seq(ack).diff(from.snd_nxt));
+            }
+        }
+    }
 }
