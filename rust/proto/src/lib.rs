@@ -28,6 +28,7 @@ pub mod ports;
 pub mod progress;
 pub mod proxypeer;
 pub mod ratelimit;
+pub mod sensor;
 pub mod seq;
 pub mod sha256;
 pub mod shadow;
