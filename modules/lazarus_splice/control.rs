@@ -208,11 +208,7 @@ impl Control {
         let (Some(client), Some(backend)) = (tuple(req, &CLIENT), tuple(req, &BACKEND)) else {
             return Err(refuse(s, req, c"pre-splice needs both 4-tuples (client-* and backend-* addr and port)", EINVAL));
         };
-        if let Err(e) = super::lzk::proto::splice::validate_pair(&client, &backend) {
-            bump(&s.stats.refused);
-            req.set_message(side_error_message(e));
-            return Err(EINVAL);
-        }
+        super::lzk::proto::splice::validate_pair(&client, &backend).map_err(|e| refuse_sides(s, req, e))?;
         // Only the caller's own connections can be spliced: both must be sockets of
         // this host in the caller's namespace.
         let net = req.net();
@@ -241,14 +237,7 @@ impl Control {
             backend.ts_now.zip(recent(&client)).map(|(now, r)| ts_shift(now, r)),
             client.ts_now.zip(recent(&backend)).map(|(now, r)| ts_shift(now, r)),
         ];
-        let sp = match Splice::new(client, backend, shifts) {
-            Ok(sp) => sp,
-            Err(e) => {
-                bump(&s.stats.refused);
-                req.set_message(side_error_message(e));
-                return Err(EINVAL);
-            }
-        };
+        let sp = Splice::new(client, backend, shifts).map_err(|e| refuse_sides(s, req, e))?;
         for (side, at) in [(&client, &CLIENT), (&backend, &BACKEND)] {
             if let Err(m) = check_socket(net, side) {
                 let msg = match (m, at.name == CLIENT.name) {
@@ -295,14 +284,7 @@ impl Control {
             return Err(refuse(s, req, c"install needs every client-* and backend-* attribute (ts-now only with timestamps)", EINVAL));
         };
         let shifts = [req.u32(a::TS_SHIFT_TO_BACKEND), req.u32(a::TS_SHIFT_TO_CLIENT)];
-        let sp = match Splice::new(client, backend, shifts) {
-            Ok(sp) => sp,
-            Err(e) => {
-                bump(&s.stats.refused);
-                req.set_message(side_error_message(e));
-                return Err(EINVAL);
-            }
-        };
+        let sp = Splice::new(client, backend, shifts).map_err(|e| refuse_sides(s, req, e))?;
         let (id, new) = self.add(req, &client, &backend, State::Spliced(sp))?;
         if new {
             bump(&s.stats.installed);
@@ -324,6 +306,11 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// Refuse a request whose sides are unacceptable, saying why.
+fn refuse_sides(s: &Shared, req: &Request<'_>, e: super::lzk::proto::splice::SideError) -> Error {
+    refuse(s, req, side_error_message(e), EINVAL)
 }
 
 fn side_error_message(e: super::lzk::proto::splice::SideError) -> &'static core::ffi::CStr {

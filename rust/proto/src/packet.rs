@@ -491,7 +491,8 @@ impl<'a> Rewriter<'a> {
         self.pkt[at..at + 4].copy_from_slice(&v.to_be_bytes());
     }
 
-    /// Replace a 16-bit word covered by the TCP checksum but not by the pseudo-header.
+    /// Replace a 16-bit word covered by the TCP checksum but not by the pseudo-header,
+    /// at any offset in the TCP header (option fields need not be 16-bit aligned).
     fn replace16(&mut self, at: usize, new: u16) {
         let old = self.get16(at);
         if old == new {
@@ -500,26 +501,12 @@ impl<'a> Rewriter<'a> {
         self.put16(at, new);
         if self.mode == CsumMode::Full {
             let c = self.tcp_at(TCP_CHECK);
-            let check = csum::update16(self.get16(c), old, new);
-            self.put16(c, check);
-        }
-    }
-
-    /// Replace a 16-bit value at any offset inside the TCP header (option fields need
-    /// not be 16-bit aligned).
-    fn replace16_any(&mut self, at: usize, new: u16) {
-        if (at - self.parsed.tcp_offset()) % 2 == 0 {
-            return self.replace16(at, new);
-        }
-        let old = self.get16(at);
-        if old == new {
-            return;
-        }
-        self.put16(at, new);
-        if self.mode == CsumMode::Full {
-            let c = self.tcp_at(TCP_CHECK);
-            // Odd alignment: byte-swapping the sum aligns the field (RFC 1071 §2(B)).
-            let check = csum::update16(self.get16(c).swap_bytes(), old, new).swap_bytes();
+            let check = if (at - self.parsed.tcp_offset()) % 2 == 0 {
+                csum::update16(self.get16(c), old, new)
+            } else {
+                // Odd alignment: byte-swapping the sum aligns the field (RFC 1071 §2(B)).
+                csum::update16(self.get16(c).swap_bytes(), old, new).swap_bytes()
+            };
             self.put16(c, check);
         }
     }
@@ -666,7 +653,7 @@ impl<'a> Rewriter<'a> {
         // Ten bytes: kind, length and two 32-bit values. Word-wise through the
         // checksum update (16 bits at a time, bytewise alignment handled there).
         let nops = u32::from_be_bytes([opt::NOP; 4]);
-        self.replace16_any(at, u16::from_be_bytes([opt::NOP; 2]));
+        self.replace16(at, u16::from_be_bytes([opt::NOP; 2]));
         self.replace32(at + 2, nops);
         self.replace32(at + 6, nops);
         Ok(true)
