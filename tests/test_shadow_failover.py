@@ -100,7 +100,8 @@ def result(p, timeout=120):
 
 def diagnose(g):
     """What a failed takeover test needs to be understood."""
-    return g.out(f"{LZCTL} -j shadow status; {LZCTL} -j shadow conns; ss -tnoie; nstat -az | grep -v ' 0 '; dmesg | tail -20", timeout=30)
+    return g.out(f"dmesg | grep -i lazarus | tail -30; {LZCTL} -j shadow status; {LZCTL} -j shadow conns; ss -tnoie; "
+                 "nstat -az | grep -v ' 0 '", timeout=30)
 
 
 def kill_seed():
@@ -199,9 +200,13 @@ def test_backup_is_silent_then_takes_over_mid_transfer():
         start_lazarusd(backup, primary)
         clients = start_transfers(b, 21, 12_000_000, 6_000_000, 150)
         # At a random point of the transfers (each lasts about 4 s); the seed is
-        # printed so that a failure can be replayed.
+        # printed so that a failure can be replayed. Not in the first second: the
+        # backup's guest misses frames of the opening bursts now and then, which the
+        # primary resends within a few heartbeats; a primary that dies before is a
+        # second failure, which loses the bytes it had acknowledged (the reset case
+        # of docs/failure-model.md), not what this test is about.
         seed = kill_seed()
-        kill_at = random.Random(seed).uniform(0.3, 3.0)
+        kill_at = random.Random(seed).uniform(1.0, 3.0)
         print(f"seed {seed}: killing the primary {kill_at:.2f} s into the transfers")
         time.sleep(kill_at)
         killed = time.monotonic()
