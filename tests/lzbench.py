@@ -349,18 +349,21 @@ auto_takeover = true
 fence = ["true"]{key}"""
 
 
-def lzproxy_toml(listen, backends, routes, splice=True, header_timeout_ms=None, cluster=None):
+def lzproxy_toml(listen, backends, routes, splice=True, header_timeout_ms=None, cluster=None, proxy_extra=()):
     """An lzproxy configuration. `backends`: (name, "addr:port") pairs; `routes`:
     (path_prefix, [backend names]) or (path_prefix, [names], idempotent); `cluster`:
     None, or a dict with name, vip, heartbeat_ms, key_file and peers ((name, addr)
-    pairs)."""
+    pairs); `proxy_extra`: more `key = value` lines for [proxy]."""
     q = lambda v: f'"{v}"'  # noqa: E731
     lines = ["[proxy]", f"listen = {q(listen)}", f"splice = {'true' if splice else 'false'}"]
     if header_timeout_ms is not None:
         lines.append(f"header_timeout_ms = {header_timeout_ms}")
+    lines += list(proxy_extra)
     if cluster:
         lines += ["", "[cluster]", f"name = {q(cluster['name'])}", f"vip = {q(cluster['vip'])}", 'dev = "lz0"',
                   f"heartbeat_ms = {cluster['heartbeat_ms']}", f"key_file = {q(cluster['key_file'])}"]
+        if "missed_beats" in cluster:
+            lines.append(f"missed_beats = {cluster['missed_beats']}")
         for name, addr in cluster["peers"]:
             lines += ["", "[[peer]]", f"name = {q(name)}", f"addr = {q(addr)}"]
     for name, addr in backends:

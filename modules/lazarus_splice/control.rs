@@ -215,8 +215,15 @@ impl Control {
         if socket_of(net, &client).is_none() || socket_of(net, &backend).is_none() {
             return Err(refuse(s, req, c"no established connection of this host has one of the 4-tuples", ENOENT));
         }
-        // A frozen pair never matches an existing one: it is always new.
-        let (id, _) = self.add(req, &client, &backend, State::Frozen(SkbQueue::default()))?;
+        let id = match req.u32(a::ID) {
+            // A new backend for a client connection that unsplice left frozen.
+            Some(id) => {
+                s.with_table(|t| t.attach(id, key_of(&client), key_of(&backend))).map_err(|msg| refuse(s, req, msg, EINVAL))?;
+                id
+            }
+            // A frozen pair never matches an existing one: it is always new.
+            None => self.add(req, &client, &backend, State::Frozen(SkbQueue::default()))?.0,
+        };
         bump(&s.stats.pre_splices);
         req.reply(c, |m| m.put_u32(a::ID, id))
     }
@@ -237,7 +244,10 @@ impl Control {
             backend.ts_now.zip(recent(&client)).map(|(now, r)| ts_shift(now, r)),
             client.ts_now.zip(recent(&backend)).map(|(now, r)| ts_shift(now, r)),
         ];
-        let sp = Splice::new(client, backend, shifts).map_err(|e| refuse_sides(s, req, e))?;
+        let mut sp = Splice::new(client, backend, shifts).map_err(|e| refuse_sides(s, req, e))?;
+        if req.u8(a::RESUMABLE) == Some(1) {
+            sp.make_resumable();
+        }
         for (side, at) in [(&client, &CLIENT), (&backend, &BACKEND)] {
             if let Err(m) = check_socket(net, side) {
                 let msg = match (m, at.name == CLIENT.name) {
@@ -292,6 +302,29 @@ impl Control {
         req.reply(c, |m| m.put_u32(a::ID, id))
     }
 
+    fn unsplice(&self, c: u8, req: &Request<'_>) -> Result {
+        let s = &*self.shared;
+        let Some(id) = req.u32(a::ID) else {
+            return Err(refuse(s, req, c"missing attribute: id", EINVAL));
+        };
+        let (r, flags) = s.with_table(|t| t.unsplice(id, now_ms())).map_err(|msg| refuse(s, req, msg, EINVAL))?;
+        bump(&s.stats.unspliced);
+        req.reply(c, |m| {
+            m.put_u8(a::FLAGS, flags)?;
+            m.put_u8(a::RESUMABLE, r.resumable as u8)?;
+            m.put_u64(a::RESUME_HASHED, r.hashed)?;
+            m.put_u64(a::RESUME_SENT, r.sent)?;
+            m.put_u64(a::RESUME_ACKED, r.acked)?;
+            m.put_u64(a::RESUME_CLIENT_SENT, r.client_sent)?;
+            m.put_u32(a::RESUME_CLIENT_WINDOW, r.client_window)?;
+            if let Some(v) = r.to_client_tsval {
+                m.put_u32(a::RESUME_CLIENT_TSVAL, v)?;
+            }
+            m.put_u64(a::RESUME_DIGEST, r.digest)?;
+            m.put_u8(a::RESUME_BROKEN, r.broken as u8)
+        })
+    }
+
     fn abort(&self, req: &Request<'_>) -> Result {
         let s = &*self.shared;
         let Some(id) = req.u32(a::ID) else {
@@ -334,7 +367,7 @@ fn put_shifts(m: &mut Message, shifts: [Option<u32>; 2]) -> Result {
 }
 
 fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
-    let all: [(u16, &AtomicU64); 15] = [
+    let all: [(u16, &AtomicU64); 16] = [
         (st::PRE_SPLICES, &s.pre_splices),
         (st::SPLICES, &s.splices),
         (st::INSTALLED, &s.installed),
@@ -350,6 +383,7 @@ fn put_stats(m: &mut Message, s: &super::Stats) -> Result {
         (st::EXPIRED, &s.expired),
         (st::TABLE_FULL, &s.table_full),
         (st::REFUSED, &s.refused),
+        (st::UNSPLICED, &s.unspliced),
     ];
     m.nest(a::STATS, |m| {
         for (id, c) in all {
@@ -435,6 +469,7 @@ impl genl::Family for Control {
             cmd::SPLICE => self.splice(c, req),
             cmd::INSTALL => self.install(c, req),
             cmd::ABORT => self.abort(req),
+            cmd::UNSPLICE => self.unsplice(c, req),
             _ => Err(EOPNOTSUPP()),
         }
     }

@@ -11,7 +11,7 @@
 use super::lzk::netfilter::{Hook, HookHandler, Verdict};
 use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::packet::{TcpFlags, TcpOptions};
-use super::lzk::proto::splice::{frozen_verdict, Endpoint, FrozenVerdict, Phase, Plan};
+use super::lzk::proto::splice::{frozen_verdict, Dir, Endpoint, FrozenVerdict, Phase, Plan};
 use super::lzk::skb::SkBuff;
 use super::{bump, now_ms, Shared, State, HOLD_MAX};
 use core::sync::atomic::Ordering;
@@ -84,6 +84,12 @@ impl HookHandler for Handler {
                         return Action::Drop;
                     };
                     let plan = sp.plan(d, &p, &opts);
+                    if d == Dir::FromBackend && sp.is_resumable() {
+                        // Under the lock, so that the digest takes the bytes in the
+                        // order the resume point counts them.
+                        let at = p.payload_offset();
+                        sp.track_response(&p, |off, buf| skb.copy_out(at + off, buf).is_ok());
+                    }
                     e.last_ms = now;
                     if e.closed_ms.is_none() && sp.phase() == Phase::Closed {
                         e.closed_ms = Some(now);

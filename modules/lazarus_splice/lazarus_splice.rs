@@ -31,7 +31,7 @@ mod hooks;
 use lzk::bh::BhGuard;
 use lzk::proto::flowtab::{FlowKey, FlowTable, Slot};
 use lzk::proto::slab::{Slab, SlabSlot};
-use lzk::proto::splice::{Phase, Splice};
+use lzk::proto::splice::{Phase, ResumePoint, Splice};
 use lzk::skbq::SkbQueue;
 
 module! {
@@ -60,7 +60,8 @@ const GC_INTERVAL_MS: u32 = 1000;
 
 /// A splice's life.
 pub(crate) enum State {
-    /// Between pre-splice and splice: segments with data are held here.
+    /// Between pre-splice and splice, or between unsplice and the new backend's
+    /// splice: segments with data are held here.
     Frozen(SkbQueue),
     /// Forwarding.
     Spliced(Splice),
@@ -71,6 +72,8 @@ pub(crate) struct Entry {
     /// The client connection, keyed as its segments arrive (client → proxy).
     pub(crate) client_key: FlowKey,
     /// The backend connection, keyed as its segments arrive (backend → proxy).
+    /// Equal to `client_key` while a client connection waits, frozen alone, for a
+    /// new backend after unsplice; only then.
     pub(crate) backend_key: FlowKey,
     pub(crate) state: State,
     pub(crate) created_ms: u64,
@@ -160,6 +163,45 @@ impl Table {
     }
 
     /// Take a pair out of the table.
+    /// Join backend connection `backend_key` to the client connection that unsplice
+    /// left frozen alone under `h` (its backend key is its client key then).
+    pub(crate) fn attach(&mut self, h: u32, client_key: FlowKey, backend_key: FlowKey) -> core::result::Result<(), &'static core::ffi::CStr> {
+        let e = self.entries.get_mut(h).ok_or(c"no splice has this id")?;
+        if e.client_key != client_key || e.backend_key != client_key || !matches!(e.state, State::Frozen(_)) {
+            return Err(c"this id is not a client connection left by unsplice, or not this one");
+        }
+        if self.keys.get(&backend_key).is_some() {
+            return Err(c"the backend connection is frozen or spliced already");
+        }
+        self.keys.get_or_insert_with(backend_key, || h).map_err(|_| c"the splice table is full")?;
+        if let Some(e) = self.entries.get_mut(h) {
+            e.backend_key = backend_key;
+        }
+        Ok(())
+    }
+
+    /// Take spliced entry `h` apart: its client connection stays frozen alone (its
+    /// backend key becomes its client key), its backend connection leaves the table.
+    /// Returns where the splice stood and its flags.
+    pub(crate) fn unsplice(&mut self, h: u32, now: u64) -> core::result::Result<(ResumePoint, u8), &'static core::ffi::CStr> {
+        let e = self.entries.get_mut(h).ok_or(c"no splice has this id")?;
+        let State::Spliced(sp) = &e.state else {
+            return Err(c"this id is frozen, not spliced");
+        };
+        let point = sp.resume_point();
+        let flags = sp.flags();
+        let backend_key = e.backend_key;
+        e.backend_key = e.client_key;
+        e.state = State::Frozen(SkbQueue::default());
+        e.created_ms = now;
+        e.last_ms = now;
+        e.closed_ms = None;
+        if self.keys.get(&backend_key) == Some(&h) {
+            self.keys.remove(&backend_key);
+        }
+        Ok((point, flags))
+    }
+
     pub(crate) fn remove(&mut self, h: u32) -> Option<Entry> {
         let e = self.entries.remove(h)?;
         for k in [&e.client_key, &e.backend_key] {
@@ -189,6 +231,7 @@ pub(crate) struct Stats {
     pub(crate) expired: AtomicU64,
     pub(crate) table_full: AtomicU64,
     pub(crate) refused: AtomicU64,
+    pub(crate) unspliced: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {

@@ -109,7 +109,7 @@ impl EstablishedSock {
     }
 
     /// The peer's latest timestamp value (`ts_recent`), or `None` when the connection
-    /// does not use timestamps or this is not a full socket. Read without the socket
+    /// does not use timestamps, has not seen one yet, or this is not a full socket. Read without the socket
     /// lock, like [`EstablishedSock::progress`]. Any context.
     pub fn ts_recent(&self) -> Option<u32> {
         if QUIET_STATES.contains(&self.state()) {
@@ -120,7 +120,9 @@ impl EstablishedSock {
         // fixed once the connection is established.
         unsafe {
             let tp = bindings::tcp_sk(self.sk.as_ptr());
-            if (*tp).rx_opt.tstamp_ok() == 0 {
+            // A connection rebuilt in repair mode has no value until the peer's
+            // first stamped segment arrives: 0 then is no value.
+            if (*tp).rx_opt.tstamp_ok() == 0 || core::ptr::read_volatile(&(*tp).rx_opt.ts_recent_stamp) == 0 {
                 return None;
             }
             Some(core::ptr::read_volatile(&(*tp).rx_opt.ts_recent))

@@ -84,7 +84,27 @@ pub mod splice_attr {
     pub const STATS: u16 = 30;
     /// One splice, in a dump.
     pub const ENTRY: u16 = 31;
-    pub const MAX: u16 = 31;
+    /// 1: record what a resume after a backend failure needs (a SHA-256 of the response bytes as forwarded, the client's acknowledgments). Costs a digest of every response byte; for routes whose requests may be replayed.
+    pub const RESUMABLE: u16 = 32;
+    /// Response bytes forwarded in order from the splice point, all covered by resume-digest (0 for a splice that is not resumable).
+    pub const RESUME_HASHED: u16 = 33;
+    /// One past the last response byte forwarded (above resume-hashed when bytes past a hole were forwarded).
+    pub const RESUME_SENT: u16 = 34;
+    /// Response bytes the client acknowledged.
+    pub const RESUME_ACKED: u16 = 35;
+    /// Client bytes (a FIN counting one) forwarded after the splice point.
+    pub const RESUME_CLIENT_SENT: u16 = 36;
+    /// The client's latest window, in bytes.
+    pub const RESUME_CLIENT_WINDOW: u16 = 37;
+    /// The latest timestamp value sent to the client (absent without timestamps).
+    pub const RESUME_CLIENT_TSVAL: u16 = 38;
+    /// The first 8 bytes of the SHA-256 of the first resume-hashed response bytes, big-endian.
+    pub const RESUME_DIGEST: u16 = 39;
+    /// 1 if a response byte could not be read for the digest.
+    pub const RESUME_BROKEN: u16 = 40;
+    /// A splice's FIN and RST flags (as the entry's flags).
+    pub const FLAGS: u16 = 41;
+    pub const MAX: u16 = 41;
 }
 
 /// Attributes of the `stats` set.
@@ -119,7 +139,9 @@ pub mod stats_attr {
     pub const TABLE_FULL: u16 = 14;
     /// Requests refused as malformed or inconsistent (bad addresses, unknown id, a 4-tuple already spliced).
     pub const REFUSED: u16 = 15;
-    pub const MAX: u16 = 15;
+    /// Splices taken apart after their backend failed.
+    pub const UNSPLICED: u16 = 16;
+    pub const MAX: u16 = 16;
 }
 
 /// Attributes of the `entry` set.
@@ -181,6 +203,16 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: splice_attr::LAST_SEND_ERRNO, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::STATS, kind: AttrKind::Nest, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::ENTRY, kind: AttrKind::Nest, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUMABLE, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_HASHED, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_SENT, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_ACKED, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_CLIENT_SENT, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_CLIENT_WINDOW, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_CLIENT_TSVAL, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_DIGEST, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_BROKEN, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::FLAGS, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
 ];
 
 /// Command numbers.
@@ -192,6 +224,7 @@ pub mod cmd {
     pub const INSTALL: u8 = 5;
     pub const ABORT: u8 = 6;
     pub const SPLICE_GET: u8 = 7;
+    pub const UNSPLICE: u8 = 8;
 }
 
 /// Operations the kernel registers (notifications are not requests).
@@ -203,6 +236,7 @@ pub const OPS: &[OpSpec] = &[
     OpSpec { cmd: cmd::INSTALL, name: "install", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::ABORT, name: "abort", admin: true, has_do: true, has_dump: false },
     OpSpec { cmd: cmd::SPLICE_GET, name: "splice-get", admin: false, has_do: false, has_dump: true },
+    OpSpec { cmd: cmd::UNSPLICE, name: "unsplice", admin: true, has_do: true, has_dump: false },
 ];
 
 /// Multicast groups, in registration order (the group index is the position).

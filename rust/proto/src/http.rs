@@ -634,6 +634,86 @@ pub fn host_matches(host: &[u8], name: &[u8]) -> bool {
     host_without_port(host).eq_ignore_ascii_case(name)
 }
 
+/// A response head, as far as a proxy that may replay the request elsewhere needs
+/// it: the status and how the body is framed. Backends are trusted, so the parse is
+/// lenient beyond that; it still never reads past the buffer or panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code.
+    pub status: u16,
+    /// Bytes up to and including the blank line: the body starts there.
+    pub head_len: usize,
+    /// The Content-Length, when given.
+    pub content_length: Option<u64>,
+    /// A Transfer-Encoding was given: the body's bytes depend on how the server
+    /// cut its chunks, not only on the content.
+    pub transfer_encoding: bool,
+}
+
+/// Why a response head cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseError {
+    /// No blank line within the limit.
+    TooLarge,
+    /// The status line is not `HTTP/1.x ddd ...`.
+    BadStatusLine,
+    /// A NUL, bare CR or bare LF.
+    BadLineEnd,
+    /// A Content-Length that is not a number, or two that differ.
+    BadContentLength,
+}
+
+impl ResponseError {
+    /// A short, stable name for log lines.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ResponseError::TooLarge => "response-head-too-large",
+            ResponseError::BadStatusLine => "bad-status-line",
+            ResponseError::BadLineEnd => "bad-line-end",
+            ResponseError::BadContentLength => "bad-content-length",
+        }
+    }
+}
+
+/// Parse the response head at the start of `buf`: `Ok(None)` while no blank line has
+/// arrived within `max_head` bytes.
+pub fn parse_response_head(buf: &[u8], max_head: usize) -> Result<Option<ResponseHead>, ResponseError> {
+    let window = &buf[..buf.len().min(max_head)];
+    let Some(head_len) = window.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        return if buf.len() >= max_head { Err(ResponseError::TooLarge) } else { Ok(None) };
+    };
+    let head = &buf[..head_len];
+    check_line_ends(head).map_err(|_| ResponseError::BadLineEnd)?;
+    let (status_line, mut rest) = split_line(&head[..head_len - 4]);
+    let status = match status_line {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'0' | b'1', b' ', a, b, c, tail @ ..]
+            if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() && (tail.is_empty() || tail[0] == b' ') =>
+        {
+            (*a - b'0') as u16 * 100 + (*b - b'0') as u16 * 10 + (*c - b'0') as u16
+        }
+        _ => return Err(ResponseError::BadStatusLine),
+    };
+    let mut r = ResponseHead { status, head_len, content_length: None, transfer_encoding: false };
+    while !rest.is_empty() {
+        let (line, next) = split_line(rest);
+        rest = next;
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for element in value.split(|&b| b == b',').map(trim_ows) {
+                let n = parse_decimal(element).map_err(|_| ResponseError::BadContentLength)?;
+                if r.content_length.is_some_and(|m| m != n) {
+                    return Err(ResponseError::BadContentLength);
+                }
+                r.content_length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            r.transfer_encoding = true;
+        }
+    }
+    Ok(Some(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -908,6 +988,24 @@ mod tests {
     }
 
     #[test]
+    fn response_heads() {
+        let r = parse_response_head(b"HTTP/1.1 200 OK\r\nX-Backend: b1\r\nContent-Length: 12\r\n\r\nbody", 1024).unwrap().unwrap();
+        assert_eq!(r, ResponseHead { status: 200, head_len: 54, content_length: Some(12), transfer_encoding: false });
+        let r = parse_response_head(b"HTTP/1.0 404\r\nTransfer-Encoding: chunked\r\n\r\n", 1024).unwrap().unwrap();
+        assert_eq!((r.status, r.content_length, r.transfer_encoding), (404, None, true));
+        assert_eq!(parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Len", 1024), Ok(None));
+        assert_eq!(parse_response_head(b"HTTP/1.1 200 OK\r\nX: y", 16), Err(ResponseError::TooLarge));
+        for bad in [&b"HTTP/2 200 OK\r\n\r\n"[..], b"HTTP/1.1 20 OK\r\n\r\n", b"HTTP/1.1 200OK\r\n\r\n", b"\r\n\r\n"] {
+            assert_eq!(parse_response_head(bad, 1024), Err(ResponseError::BadStatusLine), "{bad:?}");
+        }
+        assert_eq!(parse_response_head(b"HTTP/1.1 200 OK\nA: b\r\n\r\n", 1024), Err(ResponseError::BadLineEnd));
+        let two = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse_response_head(two, 1024), Err(ResponseError::BadContentLength));
+        let same = b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n";
+        assert_eq!(parse_response_head(same, 1024).unwrap().unwrap().content_length, Some(2));
+    }
+
+    #[test]
     fn hosts_without_ports() {
         assert_eq!(host_without_port(b"example.com:8080"), b"example.com");
         assert_eq!(host_without_port(b"example.com:"), b"example.com");
@@ -1035,6 +1133,42 @@ mod fuzz {
                     prop_assert!(!e.as_str().is_empty());
                     prop_assert!([400, 413, 414, 431, 501, 505].contains(&e.status()));
                 }
+            }
+        }
+
+        #[test]
+        fn mutated_response_heads_never_panic(
+            status in 100u16..600,
+            len in proptest::option::of(any::<u32>()),
+            muts in proptest::collection::vec(mutation(), 0..6),
+            max_head in prop::sample::select(&[16384usize, 64, 20][..]),
+        ) {
+            let mut buf = std::format!("HTTP/1.1 {status} Reason\r\nX-Backend: b1\r\n").into_bytes();
+            if let Some(n) = len {
+                buf.extend_from_slice(std::format!("Content-Length: {n}\r\n").as_bytes());
+            }
+            buf.extend_from_slice(b"\r\nbody");
+            for m in &muts {
+                match *m {
+                    Mutation::SetByte(i, b) if !buf.is_empty() => {
+                        let i = i.index(buf.len());
+                        buf[i] = b;
+                    }
+                    Mutation::Insert(i, b) => buf.insert(i.index(buf.len() + 1), b),
+                    Mutation::Truncate(i) if !buf.is_empty() => buf.truncate(i.index(buf.len())),
+                    _ => {}
+                }
+            }
+            match parse_response_head(&buf, max_head) {
+                Ok(None) => prop_assert!(blank_line(&buf[..buf.len().min(max_head)]).is_none() && buf.len() < max_head),
+                Ok(Some(h)) => {
+                    prop_assert_eq!(Some(h.head_len), blank_line(&buf));
+                    prop_assert!(h.head_len <= max_head && (100..1000).contains(&h.status));
+                    if muts.is_empty() {
+                        prop_assert_eq!((h.status, h.content_length), (status, len.map(u64::from)));
+                    }
+                }
+                Err(e) => prop_assert!(!e.as_str().is_empty()),
             }
         }
 

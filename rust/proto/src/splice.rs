@@ -37,6 +37,7 @@
 
 use super::packet::{Ipv4Tcp, ParseError, Rewriter, TcpFlags, TcpOptions};
 use super::seq::{Seq, SeqOffset};
+use super::sha256::Sha256;
 
 /// The largest window scale shift TCP uses (RFC 7323 §2.3).
 pub const MAX_WSCALE: u8 = 14;
@@ -265,7 +266,147 @@ pub struct Splice {
     fin_acked: [bool; 2],
     reset: bool,
     counters: [Counters; 2],
+    /// Where the response stands, for a resume or a reset after a backend failure.
+    track: Track,
 }
+
+/// Where a splice's response stands, so that the proxy can carry the connection on
+/// with another backend if this one fails, or at least reset the client at the
+/// right sequence number: how far the response went and the client acknowledged
+/// it, whether the client sent anything after the request, and for a resumable
+/// splice the response's bytes as the client got them (their SHA-256, in order).
+///
+/// # Invariants
+///
+/// `digest`, when present, covers exactly the response bytes `[0, hashed)`
+/// (offsets from the backend side's `rcv_nxt`); `hashed <= sent`; `broken` once set
+/// stays set.
+#[derive(Clone, Copy)]
+struct Track {
+    digest: Option<Sha256>,
+    hashed: u64,
+    sent: u64,
+    acked: u64,
+    client_sent: u64,
+    client_window: u32,
+    to_client_tsval: Option<u32>,
+    broken: bool,
+}
+
+impl PartialEq for Track {
+    fn eq(&self, o: &Self) -> bool {
+        (self.hashed, self.sent, self.acked, self.client_sent, self.client_window, self.to_client_tsval, self.broken)
+            == (o.hashed, o.sent, o.acked, o.client_sent, o.client_window, o.to_client_tsval, o.broken)
+            && self.digest.map(digest64) == o.digest.map(digest64)
+    }
+}
+
+impl Eq for Track {}
+
+impl core::fmt::Debug for Track {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Track").field("hashed", &self.hashed).field("sent", &self.sent).field("acked", &self.acked).finish_non_exhaustive()
+    }
+}
+
+/// The first 8 bytes of a SHA-256 digest, as a number: what a resume compares.
+/// 64 bits are plenty against an accidental mismatch; the backends are trusted.
+pub fn digest64(d: Sha256) -> u64 {
+    let full = d.finish();
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&full[..8]);
+    u64::from_be_bytes(w)
+}
+
+/// Where a splice stands, read when its backend has failed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ResumePoint {
+    /// The splice was made resumable: `hashed` and `digest` mean something.
+    pub resumable: bool,
+    /// Response bytes the client may have, in order, all covered by `digest`.
+    pub hashed: u64,
+    /// One past the last response byte forwarded to the client.
+    pub sent: u64,
+    /// Response bytes the client acknowledged.
+    pub acked: u64,
+    /// Client bytes (a FIN counting one) forwarded to the backend after the splice
+    /// point: a request the proxy never saw.
+    pub client_sent: u64,
+    /// The client's latest window, in bytes.
+    pub client_window: u32,
+    /// The latest timestamp value sent to the client (on the client connection's
+    /// clock), when the connection uses timestamps.
+    pub to_client_tsval: Option<u32>,
+    /// [`digest64`] of the first `hashed` response bytes.
+    pub digest: u64,
+    /// A response byte could not be read for the digest.
+    pub broken: bool,
+}
+
+/// Why a failed backend's connection cannot be carried on elsewhere.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NotResumable {
+    /// The splice was not made resumable.
+    Untracked,
+    /// A response byte could not be read for the digest.
+    Broken,
+    /// The client sent more after the request (another request, a body, a FIN): the
+    /// proxy cannot replay what it never saw.
+    ClientSent,
+    /// Bytes were forwarded out of order past a hole that was never filled: the
+    /// client may hold bytes the digest does not cover.
+    Gap,
+    /// The backend finished (FIN) or a peer reset: nothing is left to resume.
+    Ended,
+}
+
+impl NotResumable {
+    /// A short explanation for a log line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotResumable::Untracked => "the splice was not made resumable",
+            NotResumable::Broken => "a response byte could not be read for the digest",
+            NotResumable::ClientSent => "the client sent more after the request",
+            NotResumable::Gap => "bytes past a hole were forwarded",
+            NotResumable::Ended => "the backend finished or a peer reset",
+        }
+    }
+}
+
+impl ResumePoint {
+    /// Whether a replay of the request elsewhere can carry the connection on:
+    /// `flags` are the splice's [`Splice::flags`].
+    pub fn check(&self, flags: u8) -> Result<(), NotResumable> {
+        if !self.resumable {
+            return Err(NotResumable::Untracked);
+        }
+        if self.broken {
+            return Err(NotResumable::Broken);
+        }
+        if flags & (FLAG_BACKEND_FIN | FLAG_RESET) != 0 {
+            return Err(NotResumable::Ended);
+        }
+        if self.client_sent > 0 || flags & FLAG_CLIENT_FIN != 0 {
+            return Err(NotResumable::ClientSent);
+        }
+        if self.sent != self.hashed {
+            return Err(NotResumable::Gap);
+        }
+        Ok(())
+    }
+}
+
+/// [`Splice::flags`] bit: the client sent a FIN.
+pub const FLAG_CLIENT_FIN: u8 = 1;
+/// [`Splice::flags`] bit: the backend sent a FIN.
+pub const FLAG_BACKEND_FIN: u8 = 2;
+/// [`Splice::flags`] bit: both FINs are acknowledged.
+pub const FLAG_CLOSED: u8 = 4;
+/// [`Splice::flags`] bit: a peer reset.
+pub const FLAG_RESET: u8 = 8;
+
+/// The largest payload [`Splice::track_response`] reads at a time.
+const TRACK_CHUNK: usize = 256;
 
 impl Splice {
     /// Splice `client` to `backend`. `ts_shifts` fixes the timestamp shift of each
@@ -280,7 +421,112 @@ impl Splice {
             fin_acked: [false; 2],
             reset: false,
             counters: [Counters::default(); 2],
+            track: Track { digest: None, hashed: 0, sent: 0, acked: 0, client_sent: 0, client_window: 0, to_client_tsval: None, broken: false },
         })
+    }
+
+    /// Record what a resume needs from now on (see [`ResumePoint`]). Costs a
+    /// SHA-256 of every response byte, so only splices on routes whose requests may
+    /// be replayed are made resumable.
+    pub fn make_resumable(&mut self) {
+        if self.track.digest.is_none() && self.track.sent == 0 {
+            self.track.digest = Some(Sha256::new());
+        }
+    }
+
+    /// Whether the splice digests its response.
+    pub fn is_resumable(&self) -> bool {
+        self.track.digest.is_some()
+    }
+
+    /// Where the splice stands.
+    pub fn resume_point(&self) -> ResumePoint {
+        let t = &self.track;
+        ResumePoint {
+            resumable: t.digest.is_some(),
+            hashed: t.hashed,
+            sent: t.sent,
+            acked: t.acked,
+            client_sent: t.client_sent,
+            client_window: t.client_window,
+            to_client_tsval: t.to_client_tsval,
+            digest: t.digest.map(digest64).unwrap_or(0),
+            broken: t.broken,
+        }
+    }
+
+    /// Digest the new response bytes a backend segment carries, if the splice is
+    /// resumable. `read(offset, buf)` copies payload bytes from `offset` into `buf`
+    /// and says whether it could. Bytes arriving past a hole are not digested (the
+    /// resume point then shows the gap); bytes before the digested end are
+    /// retransmissions and already in.
+    pub fn track_response(&mut self, p: &Ipv4Tcp, mut read: impl FnMut(usize, &mut [u8]) -> bool) {
+        let base = self.backend.rcv_nxt;
+        let t = &mut self.track;
+        let len = p.payload_len() as i64;
+        let Some(digest) = t.digest.as_mut() else { return };
+        if len == 0 || t.broken {
+            return;
+        }
+        // Where the segment starts relative to the digested end; within 2 GiB
+        // either way, as TCP's windows are.
+        let at = p.tcp.seq.diff(base.add(t.hashed as u32)) as i64;
+        let end = at + len;
+        if end > 0 {
+            t.sent = t.sent.max(t.hashed + end as u64);
+        }
+        if at > 0 || end <= 0 {
+            return;
+        }
+        let mut off = (-at) as usize;
+        let mut buf = [0u8; TRACK_CHUNK];
+        while off < len as usize {
+            let n = (len as usize - off).min(TRACK_CHUNK);
+            if !read(off, &mut buf[..n]) {
+                t.broken = true;
+                return;
+            }
+            digest.update(&buf[..n]);
+            t.hashed += n as u64;
+            off += n;
+        }
+    }
+
+    /// The resume point's view of a segment: the client's acknowledgment, window
+    /// and bytes, and the timestamp the client is sent.
+    fn track_segment(&mut self, d: Dir, p: &Ipv4Tcp, tsval_out: Option<u32>) {
+        let (client, backend, peer_wscale) = (self.client, self.backend, self.client.peer_wscale);
+        let t = &mut self.track;
+        match d {
+            Dir::FromClient => {
+                if p.tcp.flags.has(TcpFlags::ACK) {
+                    let ahead = p.tcp.ack.diff(client.snd_nxt.add(t.acked as u32));
+                    if ahead > 0 {
+                        t.acked += ahead as u64;
+                    }
+                }
+                t.client_window = ((p.tcp.window as u64) << peer_wscale).min(u32::MAX as u64) as u32;
+                if p.seq_len() > 0 {
+                    let end = p.tcp.seq.diff(client.rcv_nxt) as i64 + p.seq_len() as i64;
+                    if end > 0 {
+                        t.client_sent = t.client_sent.max(end as u64);
+                    }
+                }
+            }
+            Dir::FromBackend => {
+                if tsval_out.is_some() {
+                    t.to_client_tsval = tsval_out;
+                }
+                // Without a digest the bytes are only counted; with one,
+                // track_response counts them as it digests.
+                if t.digest.is_none() && p.payload_len() > 0 {
+                    let end = p.tcp.seq.diff(backend.rcv_nxt.add(t.sent as u32)) as i64 + p.payload_len() as i64;
+                    if end > 0 {
+                        t.sent += end as u64;
+                    }
+                }
+            }
+        }
     }
 
     /// The client connection as handed over.
@@ -312,8 +558,8 @@ impl Splice {
         }
     }
 
-    /// Flags for a listing: bit 0 client FIN, bit 1 backend FIN, bit 2 both
-    /// acknowledged, bit 3 reset.
+    /// Flags for a listing: [`FLAG_CLIENT_FIN`], [`FLAG_BACKEND_FIN`],
+    /// [`FLAG_CLOSED`] (both acknowledged) and [`FLAG_RESET`].
     pub fn flags(&self) -> u8 {
         self.fin_end[0].is_some() as u8
             | (self.fin_end[1].is_some() as u8) << 1
@@ -394,6 +640,7 @@ impl Splice {
         let c = &mut self.counters[i];
         c.segments += 1;
         c.bytes += p.payload_len() as u64;
+        self.track_segment(d, p, timestamp.map(|(val, _)| val));
 
         Plan { src: to.local, dst: to.remote, seq, ack, window, timestamp, strip_timestamp }
     }
@@ -445,8 +692,8 @@ mod tests {
         payload: &'a [u8],
     }
 
-    fn packet(s: &Seg<'_>) -> ([u8; 256], usize) {
-        let mut out = [0u8; 256];
+    fn packet(s: &Seg<'_>) -> ([u8; 2048], usize) {
+        let mut out = [0u8; 2048];
         let n = build_ipv4_tcp(
             &mut out,
             &SegmentSpec {
@@ -476,7 +723,7 @@ mod tests {
     }
 
     /// Run one segment through the splice; return the rewritten packet.
-    fn forward(sp: &mut Splice, s: &Seg<'_>) -> ([u8; 256], usize) {
+    fn forward(sp: &mut Splice, s: &Seg<'_>) -> ([u8; 2048], usize) {
         let (mut buf, n) = packet(s);
         let p = Ipv4Tcp::parse(&buf[..n]).unwrap();
         let opts = TcpOptions::parse(p.options(&buf[..n])).unwrap();
@@ -673,6 +920,136 @@ mod tests {
         let sp = Splice::new(c, b, [None; 2]).unwrap();
         assert_eq!(sp.direction(PROXY, CLIENT), None);
         assert_eq!(sp.direction(Endpoint { addr: CLIENT.addr, port: 1 }, PROXY), None);
+    }
+
+    /// Run a segment through a resumable splice as the module does: plan, then
+    /// digest the response bytes it carries.
+    fn forward_tracked(sp: &mut Splice, s: &Seg<'_>) {
+        let (buf, n) = packet(s);
+        let p = Ipv4Tcp::parse(&buf[..n]).unwrap();
+        let opts = TcpOptions::parse(p.options(&buf[..n])).unwrap();
+        let d = sp.direction(s.src, s.dst).unwrap();
+        sp.plan(d, &p, &opts);
+        if d == Dir::FromBackend {
+            let payload = &buf[p.payload_offset()..n];
+            sp.track_response(&p, |off, out| {
+                out.copy_from_slice(&payload[off..off + out.len()]);
+                true
+            });
+        }
+    }
+
+    fn from_backend(seq: u32, payload: &[u8]) -> Seg<'_> {
+        Seg { src: BACKEND, dst: PROXY_OUT, seq, ack: u32::MAX - 10, flags: 0x18, window: 1000, options: &[], payload }
+    }
+
+    fn client_ack(ack: u32) -> Seg<'static> {
+        Seg { src: CLIENT, dst: PROXY, seq: 5000, ack, flags: 0x10, window: 100, options: &[], payload: b"" }
+    }
+
+    #[test]
+    fn a_resumable_splice_digests_the_response_in_order_and_follows_the_acks() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+        assert!(!sp.resume_point().resumable, "not resumable unless asked");
+        sp.make_resumable();
+        // The response crosses the wrap of the backend's sequence space on purpose:
+        // rcv_nxt is 70_000 here, so use offsets from it.
+        let body: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
+        forward_tracked(&mut sp, &from_backend(70_000, &body[..60]));
+        forward_tracked(&mut sp, &from_backend(70_060, &body[60..140]));
+        // A retransmission overlapping what is in: only the new tail counts.
+        forward_tracked(&mut sp, &from_backend(70_120, &body[120..160]));
+        forward_tracked(&mut sp, &from_backend(70_000, &body[..20]));
+        forward_tracked(&mut sp, &client_ack(1000 + 130));
+        forward_tracked(&mut sp, &client_ack(1000 + 80));
+        let r = sp.resume_point();
+        assert_eq!((r.hashed, r.sent, r.acked, r.client_sent), (160, 160, 130, 0));
+        let mut want = Sha256::new();
+        want.update(&body[..160]);
+        assert_eq!(r.digest, digest64(want));
+        assert_eq!(r.client_window, 100 << 7);
+        assert_eq!(r.check(sp.flags()), Ok(()));
+    }
+
+    #[test]
+    fn a_plain_splice_counts_the_response_without_a_digest() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+        forward_tracked(&mut sp, &from_backend(70_000, &[1; 100]));
+        forward_tracked(&mut sp, &from_backend(70_150, &[1; 50]));
+        forward_tracked(&mut sp, &from_backend(70_000, &[1; 100]));
+        forward_tracked(&mut sp, &client_ack(1000 + 100));
+        let r = sp.resume_point();
+        assert_eq!((r.resumable, r.hashed, r.sent, r.acked, r.digest), (false, 0, 200, 100, 0));
+        assert_eq!(r.check(sp.flags()), Err(NotResumable::Untracked));
+        // Too late to start digesting: the bytes already sent are not in it.
+        sp.make_resumable();
+        assert!(!sp.is_resumable());
+    }
+
+    #[test]
+    fn the_digest_does_not_depend_on_how_the_response_was_cut() {
+        // Past 256 bytes a segment is digested in several reads.
+        let body: Vec<u8> = (0..1800u32).map(|i| (i ^ (i >> 3)) as u8).collect();
+        let mut digests = Vec::new();
+        for cut in [1usize, 7, 256, 257, 1460] {
+            let (c, b) = sides();
+            let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+            sp.make_resumable();
+            for (i, chunk) in body.chunks(cut).enumerate() {
+                forward_tracked(&mut sp, &from_backend(70_000 + (i * cut) as u32, chunk));
+            }
+            digests.push(sp.resume_point().digest);
+        }
+        assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    }
+
+    #[test]
+    fn a_hole_a_client_byte_or_an_end_makes_a_splice_unresumable() {
+        let (c, b) = sides();
+        let fresh = || {
+            let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+            sp.make_resumable();
+            sp
+        };
+        // Bytes past a hole: the hole filled later still leaves them undigested.
+        let mut sp = fresh();
+        forward_tracked(&mut sp, &from_backend(70_000, &[1; 100]));
+        forward_tracked(&mut sp, &from_backend(70_200, &[3; 100]));
+        forward_tracked(&mut sp, &from_backend(70_100, &[2; 100]));
+        let r = sp.resume_point();
+        assert_eq!((r.hashed, r.sent), (200, 300));
+        assert_eq!(r.check(sp.flags()), Err(NotResumable::Gap));
+        // A second request (or a body) from the client.
+        let mut sp = fresh();
+        forward_tracked(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x18, window: 100, options: &[], payload: b"GET /" });
+        assert_eq!(sp.resume_point().client_sent, 5);
+        assert_eq!(sp.resume_point().check(sp.flags()), Err(NotResumable::ClientSent));
+        // The client's FIN alone.
+        let mut sp = fresh();
+        forward_tracked(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x11, window: 100, options: &[], payload: b"" });
+        assert_eq!(sp.resume_point().check(sp.flags()), Err(NotResumable::ClientSent));
+        // The backend finished.
+        let mut sp = fresh();
+        forward_tracked(&mut sp, &Seg { flags: 0x19, ..from_backend(70_000, &[1; 10]) });
+        assert_eq!(sp.resume_point().check(sp.flags()), Err(NotResumable::Ended));
+        // A payload that cannot be read.
+        let mut sp = fresh();
+        let (buf, n) = packet(&from_backend(70_000, &[1; 10]));
+        let p = Ipv4Tcp::parse(&buf[..n]).unwrap();
+        sp.track_response(&p, |_, _| false);
+        assert_eq!(sp.resume_point().check(sp.flags()), Err(NotResumable::Broken));
+    }
+
+    #[test]
+    fn the_latest_timestamp_sent_to_the_client_is_recorded() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b, [None, Some(1000)]).unwrap();
+        sp.make_resumable();
+        let o = ts_opt(9_000, 0);
+        forward_tracked(&mut sp, &Seg { options: &o, ..from_backend(70_000, b"x") });
+        assert_eq!(sp.resume_point().to_client_tsval, Some(10_000));
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn status_lines(s: &SpliceStatus) -> Vec<String> {
         format!("  linger:         {} ms", s.linger_ms),
         format!("  set up:         {} (frozen {}, undone {}), {} installed from a peer", st.splices, st.pre_splices, st.aborted, st.installed),
         format!("  forwarded:      {} segments, {} bytes", st.forwarded_segments, st.forwarded_bytes),
-        format!("  ended:          {} closed, {} idle", st.closed, st.expired),
+        format!("  ended:          {} closed, {} idle, {} taken apart after a backend failure", st.closed, st.expired, st.unspliced),
         format!("  held:           {} (overflowed {})", st.held, st.hold_overflows),
         format!("  dropped:        {} by a full queue on the way out", st.send_dropped),
         format!("  errors:         {} send, {} rewrite, {} refused, {} table full", st.send_errors, st.rewrite_errors, st.refused, st.table_full),

@@ -4,6 +4,7 @@
 use crate::attrs::Attrs;
 use crate::{nest_attrs, Error, Genl, RawAttr};
 use lazarus_proto::genl_splice::{self as spec, cmd, entry_attr as e, splice_attr as a, state, stats_attr as st};
+pub use lazarus_proto::splice::ResumePoint;
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -64,6 +65,8 @@ pub struct SpliceStats {
     pub expired: u64,
     pub table_full: u64,
     pub refused: u64,
+    /// Splices taken apart after their backend failed.
+    pub unspliced: u64,
 }
 
 impl SpliceStats {
@@ -86,6 +89,7 @@ impl SpliceStats {
             expired: g(st::EXPIRED),
             table_full: g(st::TABLE_FULL),
             refused: g(st::REFUSED),
+            unspliced: g(st::UNSPLICED),
         }
     }
 }
@@ -215,11 +219,23 @@ impl SpliceClient {
         r.u32(a::ID).ok_or(Error::Reply("id"))
     }
 
+    /// Give the client connection that [`SpliceClient::unsplice`] left frozen under
+    /// `id` a new backend connection: the pair is frozen as by `pre_splice`.
+    pub fn pre_splice_again(&self, id: u32, client: (SocketAddrV4, SocketAddrV4), backend: (SocketAddrV4, SocketAddrV4)) -> Result<(), Error> {
+        let mut v = vec![RawAttr::u32(a::ID, id)];
+        v.extend(tuple_attrs(client, backend));
+        self.genl.one(cmd::PRE_SPLICE, &v).map(drop)
+    }
+
     /// Join a frozen pair. Returns the timestamp shifts the kernel fixed, which a
-    /// peer proxy needs to install the same splice.
-    pub fn splice(&self, id: u32, client: &SpliceSide, backend: &SpliceSide) -> Result<TsShifts, Error> {
+    /// peer proxy needs to install the same splice. A `resumable` splice records
+    /// what [`SpliceClient::unsplice`] reports.
+    pub fn splice(&self, id: u32, client: &SpliceSide, backend: &SpliceSide, resumable: bool) -> Result<TsShifts, Error> {
         let mut v = vec![RawAttr::u32(a::ID, id)];
         v.extend(side_attrs(client, backend));
+        if resumable {
+            v.push(RawAttr::u8(a::RESUMABLE, 1));
+        }
         let r = self.genl.one(cmd::SPLICE, &v)?;
         Ok(TsShifts { to_backend: r.u32(a::TS_SHIFT_TO_BACKEND), to_client: r.u32(a::TS_SHIFT_TO_CLIENT) })
     }
@@ -235,6 +251,25 @@ impl SpliceClient {
         }
         let r = self.genl.one(cmd::INSTALL, &v)?;
         r.u32(a::ID).ok_or(Error::Reply("id"))
+    }
+
+    /// Take a splice apart (its backend failed): the client connection stays frozen
+    /// under `id`; returns where the splice stood and its flags.
+    pub fn unsplice(&self, id: u32) -> Result<(ResumePoint, u8), Error> {
+        let r = self.genl.one(cmd::UNSPLICE, &[RawAttr::u32(a::ID, id)])?;
+        let need = |attr: u16, what: &'static str| r.u64(attr).ok_or(Error::Reply(what));
+        let point = ResumePoint {
+            resumable: r.u8(a::RESUMABLE).ok_or(Error::Reply("resumable"))? != 0,
+            hashed: need(a::RESUME_HASHED, "resume-hashed")?,
+            sent: need(a::RESUME_SENT, "resume-sent")?,
+            acked: need(a::RESUME_ACKED, "resume-acked")?,
+            client_sent: need(a::RESUME_CLIENT_SENT, "resume-client-sent")?,
+            client_window: r.u32(a::RESUME_CLIENT_WINDOW).ok_or(Error::Reply("resume-client-window"))?,
+            to_client_tsval: r.u32(a::RESUME_CLIENT_TSVAL),
+            digest: need(a::RESUME_DIGEST, "resume-digest")?,
+            broken: r.u8(a::RESUME_BROKEN).ok_or(Error::Reply("resume-broken"))? != 0,
+        };
+        Ok((point, r.u8(a::FLAGS).ok_or(Error::Reply("flags"))?))
     }
 
     /// Undo a freeze, or drop a splice.

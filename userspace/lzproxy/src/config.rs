@@ -9,6 +9,8 @@
 //! connect_timeout_ms = 2000     # optional; per backend tried
 //! max_head_bytes = 16384        # optional; 1024..=1048576
 //! max_connections = 4096        # optional; 1..=1000000
+//! health_interval_ms = 1000     # optional; how often each backend is probed (0: never)
+//! health_misses = 3             # optional; failed probes in a row that mark a backend down
 //!
 //! [[backend]]
 //! name = "b1"
@@ -42,6 +44,10 @@ const TIMEOUT_MS: (i64, i64) = (1, 600_000);
 /// Bounds of `max_head_bytes`: no real request head fits in less than 1 KiB, and
 /// every connection may buffer this much before it is routed.
 const MAX_HEAD_BYTES: (i64, i64) = (1024, 1_048_576);
+/// Bounds of `health_interval_ms` (besides 0, which turns the probes off).
+const HEALTH_INTERVAL_MS: (i64, i64) = (10, 60_000);
+/// Bounds of `health_misses`.
+const HEALTH_MISSES: (i64, i64) = (1, 100);
 /// Bounds of `max_connections`.
 const MAX_CONNECTIONS: (i64, i64) = (1, 1_000_000);
 
@@ -66,6 +72,10 @@ pub struct Proxy {
     pub connect_timeout: Duration,
     pub max_head_bytes: usize,
     pub max_connections: usize,
+    /// How often each backend is probed (a TCP connect); `None`: never.
+    pub health_interval: Option<Duration>,
+    /// Failed probes in a row that mark a backend down.
+    pub health_misses: u32,
 }
 
 /// The `[cluster]` table and its `[[peer]]`s: proxies that replicate their splices to
@@ -81,6 +91,8 @@ pub struct Cluster {
     /// UDP port of the peer channel, on every proxy.
     pub port: u16,
     pub heartbeat: Duration,
+    /// Heartbeats a standby misses before it takes over.
+    pub missed_beats: u32,
     /// The cluster key (16 to 64 bytes).
     pub key: Vec<u8>,
     pub peers: Vec<Peer>,
@@ -157,6 +169,8 @@ struct RawProxy {
     connect_timeout_ms: Option<Spanned<i64>>,
     max_head_bytes: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    health_interval_ms: Option<Spanned<i64>>,
+    health_misses: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +181,7 @@ struct RawCluster {
     dev: Spanned<String>,
     port: Option<Spanned<i64>>,
     heartbeat_ms: Option<Spanned<i64>>,
+    missed_beats: Option<Spanned<i64>>,
     key_file: Spanned<String>,
 }
 
@@ -235,6 +250,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         connect_timeout: ms(bounded(&p.connect_timeout_ms, "connect_timeout_ms", TIMEOUT_MS, 2000)?),
         max_head_bytes: bounded(&p.max_head_bytes, "max_head_bytes", MAX_HEAD_BYTES, 16384)? as usize,
         max_connections: bounded(&p.max_connections, "max_connections", MAX_CONNECTIONS, 4096)? as usize,
+        health_interval: match &p.health_interval_ms {
+            Some(v) if *v.get_ref() == 0 => None,
+            v => Some(ms(bounded(v, "health_interval_ms", HEALTH_INTERVAL_MS, 1000)?)),
+        },
+        health_misses: bounded(&p.health_misses, "health_misses", HEALTH_MISSES, 3)? as u32,
     };
 
     let mut backends: Vec<Backend> = Vec::new();
@@ -334,6 +354,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
 /// Bounds of the peer channel's heartbeat interval.
 const HEARTBEAT_MS: (i64, i64) = (10, 10_000);
+/// Bounds of the heartbeats missed before a takeover: one missed beat is too easily
+/// a scheduling hiccup.
+const MISSED_BEATS: (i64, i64) = (2, 100);
 
 fn cluster(
     c: &RawCluster,
@@ -367,6 +390,11 @@ fn cluster(
         Some(v) if (HEARTBEAT_MS.0..=HEARTBEAT_MS.1).contains(v.get_ref()) => *v.get_ref(),
         Some(v) => return Err(at(v.span().start, format!("cluster.heartbeat_ms: {} is outside 10..=10000", v.get_ref()))),
     };
+    let missed_beats = match &c.missed_beats {
+        None => 3,
+        Some(v) if (MISSED_BEATS.0..=MISSED_BEATS.1).contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => return Err(at(v.span().start, format!("cluster.missed_beats: {} is outside 2..=100", v.get_ref()))),
+    };
     // A relative key file is next to the configuration.
     let key_path = Path::new(origin).parent().unwrap_or(Path::new(".")).join(c.key_file.get_ref());
     // Read as lazarusd reads it: owner-only, surrounding whitespace of a text key ignored.
@@ -391,6 +419,7 @@ fn cluster(
         dev: c.dev.get_ref().clone(),
         port,
         heartbeat: ms(heartbeat),
+        missed_beats,
         key,
         peers: out,
     })
@@ -505,8 +534,16 @@ backends = ["b2"]
             connect_timeout: Duration::from_millis(2000),
             max_head_bytes: 16384,
             max_connections: 4096,
+            health_interval: Some(Duration::from_millis(1000)),
+            health_misses: 3,
         };
         assert_eq!(p, want);
+        let off = parse(&text.replace("[[backend]]", "health_interval_ms = 0\n[[backend]]"), "t").unwrap().proxy;
+        assert_eq!(off.health_interval, None);
+        let e = parse(&text.replace("[[backend]]", "health_interval_ms = 5\n[[backend]]"), "t").unwrap_err().to_string();
+        assert!(e.contains("proxy.health_interval_ms: 5 is outside 10..=60000"), "{e}");
+        let e = parse(&text.replace("[[backend]]", "health_misses = 0\n[[backend]]"), "t").unwrap_err().to_string();
+        assert!(e.contains("proxy.health_misses: 0 is outside 1..=100"), "{e}");
     }
 
     #[test]
@@ -710,6 +747,9 @@ backends = ["b2"]
         let (path, _) = cluster_file(0o600, "heartbeat_ms = 5");
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("cluster.heartbeat_ms: 5 is outside 10..=10000"), "{e}");
+        let (path, _) = cluster_file(0o600, "missed_beats = 1");
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("cluster.missed_beats: 1 is outside 2..=100"), "{e}");
         let (path, text) = cluster_file(0o600, "port = 7402");
         let e = parse(&text.replace("vip = \"10.77.0.100\"", "vip = \"10.77.0.99\""), path.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("cluster.vip: 10.77.0.99 is not proxy.listen's address"), "{e}");

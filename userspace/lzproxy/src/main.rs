@@ -8,12 +8,13 @@ mod config;
 mod garp;
 mod peer;
 mod relay;
+mod resume;
 mod route;
 mod sockopt;
 mod splicer;
 
 use clap::Parser;
-use lazarus_proto::http::{parse_request_head, HeadError, Limits, Parsed};
+use lazarus_proto::http::{parse_request_head, BodyKind, HeadError, Limits, Parsed};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ struct Proxy {
     router: route::Router,
     splicer: Option<Arc<splicer::Splicer>>,
     active: AtomicUsize,
+    via: resume::Connector,
+    health: Arc<resume::Health>,
 }
 
 fn respond_error(client: &mut TcpStream, status: u16, reason: &str) {
@@ -57,7 +60,9 @@ enum Refusal {
 
 impl Proxy {
     /// Read a request head (and whatever body bytes came with it).
-    fn read_head(&self, client: &mut TcpStream) -> Result<(Vec<u8>, Option<route::Pick>), Refusal> {
+    /// Returns the bytes read, the route's pick, and whether the request's body (if
+    /// any) came whole with the head.
+    fn read_head(&self, client: &mut TcpStream) -> Result<(Vec<u8>, Option<route::Pick>, bool), Refusal> {
         let limits = Limits { max_head: self.config.proxy.max_head_bytes, ..Limits::default() };
         // A deadline for the whole head, not each read: a client trickling a byte at
         // a time must not hold a connection slot for ever.
@@ -82,7 +87,12 @@ impl Proxy {
                 Ok(Parsed::Incomplete) => continue,
                 Ok(Parsed::Complete(head)) => {
                     let pick = self.router.pick(head.host, head.path);
-                    return Ok((buf, pick));
+                    let whole = match head.body_kind() {
+                        BodyKind::None => true,
+                        BodyKind::Length(n) => (buf.len() - head.head_len) as u64 >= n,
+                        BodyKind::Chunked => false,
+                    };
+                    return Ok((buf, pick, whole));
                 }
                 Err(e) => return Err(Refusal::Head(e)),
             }
@@ -90,15 +100,11 @@ impl Proxy {
     }
 
     fn connect(&self, pick: &route::Pick) -> Option<TcpStream> {
-        let timeout = self.config.proxy.connect_timeout;
-        for addr in &pick.backends {
-            // In a cluster the backend connection starts at the service address too,
-            // so that whichever proxy holds the address receives both connections.
-            let r = match (&self.config.cluster, addr) {
-                (Some(c), std::net::SocketAddr::V4(a)) => sockopt::connect_from(c.vip, *a, timeout),
-                _ => TcpStream::connect_timeout(addr, timeout),
-            };
-            match r {
+        // Backends the probes marked down are tried last, not skipped: a probe can
+        // be wrong, and a connect attempt costs little.
+        let (up, down): (Vec<&std::net::SocketAddr>, Vec<_>) = pick.backends.iter().partition(|&&a| !self.health.is_down(a));
+        for addr in up.into_iter().chain(down) {
+            match self.via.connect(*addr) {
                 Ok(s) => return Some(s),
                 Err(e) => eprintln!("lzproxy: backend {addr}: {e}"),
             }
@@ -107,7 +113,7 @@ impl Proxy {
     }
 
     fn serve(&self, mut client: TcpStream) {
-        let (request, pick) = match self.read_head(&mut client) {
+        let (request, pick, whole) = match self.read_head(&mut client) {
             Ok(x) => x,
             Err(Refusal::Head(e)) => return respond_error(&mut client, e.status(), e.reason()),
             Err(Refusal::TimedOut) => return respond_error(&mut client, 408, "Request Timeout"),
@@ -117,7 +123,11 @@ impl Proxy {
             None => Refusal::NoRoute,
             Some(pick) => match self.connect(&pick) {
                 None => Refusal::NoBackend,
-                Some(backend) => return self.forward(client, backend, &request),
+                Some(backend) => {
+                    // Only a request the proxy holds whole can be replayed elsewhere.
+                    let replayable = (pick.idempotent && whole).then_some(pick.backends);
+                    return self.forward(client, backend, request, replayable);
+                }
             },
         };
         match refusal {
@@ -126,16 +136,42 @@ impl Proxy {
         }
     }
 
-    fn forward(&self, client: TcpStream, mut backend: TcpStream, request: &[u8]) {
+    fn forward(&self, mut client: TcpStream, mut backend: TcpStream, request: Vec<u8>, replayable: Option<Vec<std::net::SocketAddr>>) {
         let _ = client.set_read_timeout(None);
         let _ = client.set_nodelay(true);
         let _ = backend.set_nodelay(true);
-        if backend.write_all(request).is_err() {
-            let mut client = client;
+        if backend.write_all(&request).is_err() {
             return respond_error(&mut client, 502, "Bad Gateway");
         }
+        // A resumable splice starts after the response head, which the proxy
+        // passes on itself: the kernel's digest then covers the body alone, which
+        // another backend must reproduce (headers such as Date may differ).
+        let resume = match (&self.splicer, replayable) {
+            (Some(_), Some(backends)) => {
+                let deadline = std::time::Instant::now() + self.config.proxy.header_timeout;
+                let (head, mut read) = match resume::read_response_head(&mut backend, deadline) {
+                    Ok((head, read)) => (Some(head), read),
+                    Err((why, read)) => {
+                        eprintln!("lzproxy: splicing without a resume point: {why}");
+                        (None, read)
+                    }
+                };
+                // Whatever was read is the client's, resumable or not.
+                if client.write_all(&read).is_err() {
+                    return;
+                }
+                head.filter(|h| !h.transfer_encoding && read.len() - h.head_len <= resume::PREFIX_MAX).map(|h| resume::Resume {
+                    request,
+                    backends,
+                    status: h.status,
+                    content_length: h.content_length,
+                    prefix: read.split_off(h.head_len),
+                })
+            }
+            _ => None,
+        };
         let (client, backend) = match &self.splicer {
-            Some(s) => match s.splice(client, backend) {
+            Some(s) => match s.splice(client, backend, resume) {
                 Ok(()) => return,
                 Err((c, b, why)) => {
                     eprintln!("lzproxy: relaying instead of splicing: {why}");
@@ -195,13 +231,37 @@ fn main() {
         }
     }
     let router = route::Router::new(&config);
+    // The probes' callback needs the health table the probes fill.
+    let health_slot: Arc<std::sync::OnceLock<Arc<resume::Health>>> = Arc::new(std::sync::OnceLock::new());
     eprintln!(
         "lzproxy: listening on {} ({}; {} routes)",
         config.proxy.listen,
         if splicer.is_some() { "splicing" } else { "relaying" },
         router.len()
     );
-    let proxy = Arc::new(Proxy { router, config, splicer, active: AtomicUsize::new(0) });
+    let via = resume::Connector { vip: config.cluster.as_ref().map(|c| c.vip), timeout: config.proxy.connect_timeout };
+    let health = match config.proxy.health_interval {
+        Some(every) => {
+            let mut backends: Vec<std::net::SocketAddr> = config.backends.iter().map(|b| b.addr).collect();
+            backends.dedup();
+            // A failed backend's resumable splices are replayed elsewhere.
+            let on_down: Arc<dyn Fn(std::net::SocketAddr) + Send + Sync> = match &splicer {
+                Some(s) => {
+                    let (s, slot) = (Arc::downgrade(s), health_slot.clone());
+                    Arc::new(move |down| {
+                        if let (Some(s), Some(h)) = (s.upgrade(), slot.get()) {
+                            s.backend_failed(down, h.clone(), via);
+                        }
+                    })
+                }
+                None => Arc::new(|_| {}),
+            };
+            resume::Health::start(backends, every, config.proxy.health_misses, on_down)
+        }
+        None => Arc::new(resume::Health::default()),
+    };
+    let _ = health_slot.set(health.clone());
+    let proxy = Arc::new(Proxy { router, config, splicer, active: AtomicUsize::new(0), via, health });
     for conn in listener.incoming() {
         let mut client = match conn {
             Ok(c) => c,

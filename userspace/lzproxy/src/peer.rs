@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Heartbeats missed before a standby takes over.
-const MISSED_BEATS: u32 = 3;
 /// How often the active proxy sends its whole splice state again.
 const RESYNC: Duration = Duration::from_secs(1);
 /// Refusal log lines per second at most.
@@ -81,7 +79,7 @@ fn rank(all: &[&str], name: &str) -> u8 {
 impl Peers {
     /// Bind the channel and start the receive and heartbeat threads. The proxy starts
     /// as a standby and becomes active if no active peer speaks up within
-    /// `MISSED_BEATS` intervals.
+    /// `missed_beats` intervals.
     pub fn start(cfg: Cluster, splicer: &Arc<Splicer>) -> Result<Arc<Peers>, String> {
         let key = Key::new(&cfg.key).ok_or("the cluster key must have 16 to 64 bytes")?;
         let mut names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
@@ -109,7 +107,7 @@ impl Peers {
         });
         // A proxy starts as a standby: an address left over from an earlier run (a
         // crash, a restart) would make two hosts answer for it.
-        p.release();
+        p.release(splicer);
         let rx = p.clone();
         std::thread::Builder::new().name("peer-rx".into()).spawn(move || rx.receive()).map_err(|e| e.to_string())?;
         let tick = p.clone();
@@ -216,20 +214,27 @@ impl Peers {
         let Some(splicer) = self.splicer.upgrade() else { return };
         match m {
             Msg::Beat { active, boot, .. } => {
-                let (restarted, lower_name_active) = {
+                let (restarted, lower_name_active, newly_active) = {
                     let Ok(mut peers) = self.peers.lock() else { return };
                     let p = &mut peers[i];
                     p.last_beat = Some(Instant::now());
+                    let newly_active = active && !p.active;
                     p.active = active;
                     let restarted = p.boot != Some(boot);
                     p.boot = Some(boot);
-                    (restarted, active && p.role < self.role)
+                    (restarted, active && p.role < self.role, newly_active)
                 };
-                // Two active proxies (they started together): the one whose name
-                // sorts first keeps the address.
+                // Two active proxies (they started together, or a standby took a
+                // stall of this proxy for a failure): the one whose name sorts first
+                // keeps the address.
                 if lower_name_active && self.is_active() {
                     eprintln!("lzproxy: peer {} is active too and ranks first: standing by", self.cfg.peers[i].name);
-                    self.release();
+                    self.release(&splicer);
+                } else if newly_active && self.is_active() {
+                    // The other one announced the address and drew the traffic to
+                    // itself; it is standing down, so draw the traffic back.
+                    eprintln!("lzproxy: peer {} claimed {} too and ranks after this proxy: announcing it again", self.cfg.peers[i].name, self.cfg.vip);
+                    self.announce_vip();
                 }
                 if restarted && self.is_active() {
                     self.resync(&splicer);
@@ -281,8 +286,8 @@ impl Peers {
                 self.resync(&splicer);
                 last_sync = Instant::now();
             }
-            if !active && started.elapsed() >= hb * MISSED_BEATS {
-                let limit = hb * MISSED_BEATS;
+            if !active && started.elapsed() >= hb * self.cfg.missed_beats {
+                let limit = hb * self.cfg.missed_beats;
                 let someone_active = self
                     .peers
                     .lock()
@@ -307,8 +312,15 @@ impl Peers {
         }
         self.active.store(true, Ordering::Relaxed);
         let copies = splicer.adopt_copies();
-        // Three announcements a little apart, as a lost one would leave hosts
-        // sending to the dead proxy until their ARP entries age out.
+        self.announce_vip();
+        eprintln!("lzproxy: active: holding {vip} on {} ({copies} spliced connection(s) taken over)", self.cfg.dev);
+    }
+
+    /// Gratuitous ARP for the service address: three announcements a little apart,
+    /// as a lost one would leave hosts sending to the other proxy until their ARP
+    /// entries age out.
+    fn announce_vip(&self) {
+        let vip = self.cfg.vip;
         for n in 0..3 {
             if n > 0 {
                 std::thread::sleep(Duration::from_millis(50));
@@ -317,11 +329,16 @@ impl Peers {
                 eprintln!("lzproxy: announcing {vip}: {e}");
             }
         }
-        eprintln!("lzproxy: active: holding {vip} on {} ({copies} spliced connection(s) taken over)", self.cfg.dev);
     }
 
-    fn release(&self) {
+    /// Stand down: give the address up, and turn what was taken over back into
+    /// copies of the active proxy's splices.
+    fn release(&self, splicer: &Splicer) {
         self.active.store(false, Ordering::Relaxed);
         let _ = std::process::Command::new("ip").args(["addr", "del", &format!("{}/32", self.cfg.vip), "dev", &self.cfg.dev]).output();
+        let n = splicer.return_adopted(self.generation.load(Ordering::Relaxed));
+        if n > 0 {
+            eprintln!("lzproxy: {n} connection(s) taken over are copies again");
+        }
     }
 }

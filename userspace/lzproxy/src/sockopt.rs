@@ -9,7 +9,14 @@ use std::os::fd::AsRawFd;
 const TCP_REPAIR: libc::c_int = 19;
 const TCP_REPAIR_QUEUE: libc::c_int = 20;
 const TCP_QUEUE_SEQ: libc::c_int = 21;
+const TCP_REPAIR_OPTIONS: libc::c_int = 22;
 const TCP_TIMESTAMP: libc::c_int = 24;
+const TCP_REPAIR_WINDOW: libc::c_int = 29;
+// TCP option kinds as TCP_REPAIR_OPTIONS takes them (include/net/tcp.h).
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
 const TCP_RECV_QUEUE: libc::c_int = 1;
 const TCP_SEND_QUEUE: libc::c_int = 2;
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
@@ -190,4 +197,108 @@ pub fn listen_freebind(at: std::net::SocketAddrV4) -> io::Result<std::net::TcpLi
         return Err(io::Error::last_os_error());
     }
     Ok(std::net::TcpListener::from(fd))
+}
+
+/// What a connection rebuilt in repair mode takes over from the socket it replaces.
+#[derive(Debug, Clone, Copy)]
+pub struct Rebuild {
+    pub local: std::net::SocketAddrV4,
+    pub remote: std::net::SocketAddrV4,
+    /// The next byte to send: the peer acknowledged everything before it.
+    pub snd_nxt: u32,
+    /// The next byte expected from the peer.
+    pub rcv_nxt: u32,
+    /// The MSS the peer announced.
+    pub mss: u32,
+    pub peer_wscale: u8,
+    pub own_wscale: u8,
+    pub sack: bool,
+    /// The value the timestamp clock starts from, when the connection uses them.
+    pub ts_start: Option<u32>,
+    /// The peer's latest window, in bytes.
+    pub snd_wnd: u32,
+    /// The window this end last offered, in bytes.
+    pub rcv_wnd: u32,
+}
+
+/// The MSS the peer announced and the window this end offers, from a socket in
+/// repair mode: what [`rebuild`] needs besides the numbers.
+pub fn repair_mss_and_window(s: &TcpStream) -> io::Result<(u32, u32)> {
+    // In repair mode TCP_MAXSEG reads the peer's announced MSS (mss_clamp).
+    let mss = get_u32(s, libc::TCP_MAXSEG)?;
+    // struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    let mut w = [0u32; 5];
+    let mut len = std::mem::size_of_val(&w) as libc::socklen_t;
+    // SAFETY: The descriptor is open; the kernel writes at most `len` bytes.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, TCP_REPAIR_WINDOW, w.as_mut_ptr().cast(), &mut len) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((mss, w[3]))
+}
+
+fn set_bytes<T>(fd: &std::os::fd::OwnedFd, opt: libc::c_int, v: &[T]) -> io::Result<()> {
+    // SAFETY: The descriptor is open; we pass a pointer to `v` and its size in bytes.
+    let r = unsafe { libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, opt, v.as_ptr().cast(), std::mem::size_of_val(v) as libc::socklen_t) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_fd_int(fd: &std::os::fd::OwnedFd, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    set_bytes(fd, opt, &[v])
+}
+
+/// Re-create an established connection at the given numbers, without a packet on
+/// the wire (TCP repair, as checkpoint/restore does; needs CAP_NET_ADMIN). The
+/// socket it replaces must be closed first: the 4-tuple must be free. Leaving repair
+/// mode sends one window probe, whose acknowledgment brings the peer's timestamp
+/// and window in.
+pub fn rebuild(r: &Rebuild) -> io::Result<TcpStream> {
+    let fd = tcp_socket()?;
+    set_fd_int(&fd, TCP_REPAIR, 1)?;
+    // Repair mode lets the socket share the listener's port.
+    bind(&fd, r.local, true)?;
+    set_fd_int(&fd, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    set_bytes(&fd, TCP_QUEUE_SEQ, &[r.snd_nxt])?;
+    set_fd_int(&fd, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    set_bytes(&fd, TCP_QUEUE_SEQ, &[r.rcv_nxt])?;
+    let sa = sockaddr_in(r.remote);
+    // SAFETY: The descriptor is open; `sa` is a valid sockaddr_in of the given size.
+    // In repair mode connect only records the peer: no SYN is sent.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // struct tcp_repair_opt: opt_code, opt_val.
+    let mut opts = vec![[TCPOPT_MSS, r.mss]];
+    if r.peer_wscale > 0 || r.own_wscale > 0 {
+        opts.push([TCPOPT_WINDOW, u32::from(r.peer_wscale) | u32::from(r.own_wscale) << 16]);
+    }
+    if r.sack {
+        opts.push([TCPOPT_SACK_PERM, 0]);
+    }
+    if r.ts_start.is_some() {
+        opts.push([TCPOPT_TIMESTAMP, 0]);
+    }
+    set_bytes(&fd, TCP_REPAIR_OPTIONS, &opts)?;
+    if let Some(ts) = r.ts_start {
+        set_bytes(&fd, TCP_TIMESTAMP, &[ts])?;
+    }
+    // snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    let w = [r.rcv_nxt, r.snd_wnd, r.snd_wnd, r.rcv_wnd, r.rcv_nxt];
+    set_bytes(&fd, TCP_REPAIR_WINDOW, &w)?;
+    set_fd_int(&fd, TCP_REPAIR, 0)?;
+    Ok(TcpStream::from(fd))
+}
+
+/// Close with a reset rather than a FIN (SO_LINGER with a zero timeout).
+pub fn reset(s: TcpStream) {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: The descriptor is open; one struct linger is passed.
+    unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&l as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t);
+    }
+    drop(s);
 }

@@ -12,6 +12,7 @@
 //! closes them once the splice has left the module's table.
 
 use crate::peer::Peers;
+use crate::resume::{self, Connector, Health, Resume};
 use crate::sockopt;
 use lazarus_proto::proxypeer::SpliceState;
 use lazarus_proto::seq::Seq;
@@ -62,6 +63,10 @@ pub struct Counts {
     pub relayed: AtomicU64,
     /// Bytes the proxy moved itself while settling (the rest went through the kernel).
     pub settle_bytes: AtomicU64,
+    /// Connections carried on with another backend after theirs failed.
+    pub resumed: AtomicU64,
+    /// Connections on a failed backend that could not be carried on (reset).
+    pub resume_failed: AtomicU64,
 }
 
 /// Where a splice in this proxy's kernel came from.
@@ -72,8 +77,9 @@ enum Origin {
     /// A copy of peer `peer`'s splice `id`, installed while standing by; `seen` is
     /// the resync generation in which it was last announced.
     Copy { peer: usize, id: u32, seen: u32 },
-    /// A copy this proxy took over with the service address.
-    Adopted,
+    /// A copy of peer `peer`'s splice `id` that this proxy took over with the service
+    /// address. It turns back into a copy if the proxy stands down again.
+    Adopted { peer: usize, id: u32 },
 }
 
 /// A splice this proxy keeps: what holds its ports, and its state for the peers.
@@ -85,6 +91,8 @@ struct Kept {
     origin: Origin,
     /// When it was kept: a listing taken before then cannot show it yet.
     since: Instant,
+    /// For a resumable splice: what a replay elsewhere needs.
+    resume: Option<Resume>,
 }
 
 pub struct Splicer {
@@ -108,9 +116,9 @@ fn ends(s: &TcpStream) -> Result<(SocketAddrV4, SocketAddrV4), NotSpliced> {
     Ok((v4(local)?, v4(peer)?))
 }
 
-/// Move whatever `from` has ready to `to`; the byte count, or an error when `from`
-/// has ended (EOF) or failed.
-fn drain(from: &mut TcpStream, to: &mut TcpStream) -> Result<u64, NotSpliced> {
+/// Move whatever `from` has ready to `to`, appending it to `copy` if given; the
+/// byte count, or an error when `from` has ended (EOF) or failed.
+fn drain(from: &mut TcpStream, to: &mut TcpStream, mut copy: Option<&mut Vec<u8>>) -> Result<u64, NotSpliced> {
     let mut moved = 0u64;
     let mut buf = [0u8; 16384];
     loop {
@@ -126,6 +134,9 @@ fn drain(from: &mut TcpStream, to: &mut TcpStream) -> Result<u64, NotSpliced> {
             Err(e) => return Err(NotSpliced::Io("read while settling", e)),
         };
         to.write_all(&buf[..got]).map_err(|e| NotSpliced::Io("write while settling", e))?;
+        if let Some(c) = copy.as_deref_mut() {
+            c.extend_from_slice(&buf[..got]);
+        }
         moved += got as u64;
     }
 }
@@ -211,7 +222,16 @@ impl Splicer {
     /// Install (or refresh) a copy of peer `peer`'s splice `id`.
     pub fn install_copy(&self, peer: usize, id: u32, state: &SpliceState, generation: u32) {
         let shifts = TsShifts { to_backend: state.shifts[0], to_client: state.shifts[1] };
-        let known = self.kept().iter().find(|(_, k)| matches!(k.origin, Origin::Copy { peer: p, id: i, .. } if p == peer && i == id)).map(|(l, _)| *l);
+        let known = self.kept().iter().find(|(_, k)| matches!(k.origin, Origin::Copy { peer: p, id: i, .. } if p == peer && i == id)).map(|(l, k)| (*l, k.state));
+        // The peer re-spliced it to another backend: the old copy goes first.
+        let known = match known {
+            Some((local, old)) if old != *state => {
+                let _ = self.nl().abort(local);
+                self.kept().remove(&local);
+                None
+            }
+            k => k.map(|(l, _)| l),
+        };
         if let Some(local) = known {
             // Installing the same splice again refreshes the kernel's copy, whose idle
             // clock would otherwise run out while it waits for a takeover.
@@ -235,7 +255,7 @@ impl Splicer {
         let r = self.nl().install(&side_of(&state.client), &side_of(&state.backend), shifts);
         match r {
             Ok(local) => {
-                self.kept().insert(local, Kept { _holds: vec![hold], state: *state, origin: Origin::Copy { peer, id, seen: generation }, since: Instant::now() });
+                self.kept().insert(local, Kept { _holds: vec![hold], state: *state, origin: Origin::Copy { peer, id, seen: generation }, since: Instant::now(), resume: None });
             }
             Err(e) => eprintln!("lzproxy: copy of peer splice {id}: {e}"),
         }
@@ -266,8 +286,22 @@ impl Splicer {
     pub fn adopt_copies(&self) -> usize {
         let mut n = 0;
         for k in self.kept().values_mut() {
-            if matches!(k.origin, Origin::Copy { .. }) {
-                k.origin = Origin::Adopted;
+            if let Origin::Copy { peer, id, .. } = k.origin {
+                k.origin = Origin::Adopted { peer, id };
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// This proxy stands down (another active proxy ranks first): what it took over
+    /// is a copy again, which the active proxy's next resync confirms or drops.
+    /// Returns how many.
+    pub fn return_adopted(&self, generation: u32) -> usize {
+        let mut n = 0;
+        for k in self.kept().values_mut() {
+            if let Origin::Adopted { peer, id } = k.origin {
+                k.origin = Origin::Copy { peer, id, seen: generation };
                 n += 1;
             }
         }
@@ -275,8 +309,15 @@ impl Splicer {
     }
 
     /// Splice `client` to `backend`, or say why not. On success the sockets belong
-    /// to the splicer; on failure they are handed back, usable for relaying.
-    pub fn splice(&self, mut client: TcpStream, mut backend: TcpStream) -> Result<(), (TcpStream, TcpStream, NotSpliced)> {
+    /// to the splicer; on failure they are handed back, usable for relaying. With
+    /// `resume`, the splice is made resumable (see [`crate::resume`]).
+    pub fn splice(&self, client: TcpStream, backend: TcpStream, resume: Option<Resume>) -> Result<(), (TcpStream, TcpStream, NotSpliced)> {
+        self.join(None, client, backend, resume)
+    }
+
+    /// Freeze, settle and splice a pair; `again` is the id under which `unsplice`
+    /// left the client connection frozen, when this is a re-splice.
+    fn join(&self, again: Option<u32>, mut client: TcpStream, mut backend: TcpStream, mut resume: Option<Resume>) -> Result<(), (TcpStream, TcpStream, NotSpliced)> {
         let ends_of = |c: &TcpStream, b: &TcpStream| -> Result<_, NotSpliced> { Ok((ends(c)?, ends(b)?)) };
         let (c_ends, b_ends) = match ends_of(&client, &backend) {
             Ok(x) => x,
@@ -291,14 +332,18 @@ impl Splicer {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let id = match self.nl().pre_splice(c_ends, b_ends) {
+        let frozen = match again {
+            None => self.nl().pre_splice(c_ends, b_ends),
+            Some(id) => self.nl().pre_splice_again(id, c_ends, b_ends).map(|()| id),
+        };
+        let id = match frozen {
             Ok(id) => id,
             Err(e) => return Err((client, backend, NotSpliced::Kernel("pre-splice", e))),
         };
-        match self.settle_and_splice(id, &mut client, &mut backend, c_ends, b_ends) {
+        match self.settle_and_splice(id, &mut client, &mut backend, c_ends, b_ends, &mut resume) {
             Ok(state) => {
                 self.counts.spliced.fetch_add(1, Ordering::Relaxed);
-                self.kept().insert(id, Kept { _holds: vec![client.into(), backend.into()], state, origin: Origin::Own, since: Instant::now() });
+                self.kept().insert(id, Kept { _holds: vec![client.into(), backend.into()], state, origin: Origin::Own, since: Instant::now(), resume });
                 if let Some(p) = self.peers.get() {
                     p.announce(id, &state);
                 }
@@ -323,6 +368,7 @@ impl Splicer {
         backend: &mut TcpStream,
         c_ends: (SocketAddrV4, SocketAddrV4),
         b_ends: (SocketAddrV4, SocketAddrV4),
+        resume: &mut Option<Resume>,
     ) -> Result<SpliceState, NotSpliced> {
         // A peer that stops taking bytes while settling must not hang the proxy.
         for s in [&*client, &*backend] {
@@ -330,8 +376,13 @@ impl Splicer {
         }
         let start = Instant::now();
         loop {
-            let moved = drain(client, backend)? + drain(backend, client)?;
+            // Response bytes the proxy passes on itself belong to a resumable
+            // splice's prefix: the kernel's digest starts after them.
+            let moved = drain(client, backend, None)? + drain(backend, client, resume.as_mut().map(|r| &mut r.prefix))?;
             self.counts.settle_bytes.fetch_add(moved, Ordering::Relaxed);
+            if resume.as_ref().is_some_and(|r| r.prefix.len() > resume::PREFIX_MAX) {
+                *resume = None;
+            }
             let q = |s: &TcpStream| -> Result<usize, NotSpliced> {
                 Ok(sockopt::unread(s).map_err(|e| NotSpliced::Io("SIOCINQ", e))? + sockopt::unacked(s).map_err(|e| NotSpliced::Io("SIOCOUTQ", e))?)
             };
@@ -358,8 +409,148 @@ impl Splicer {
             sack: s.sack,
         };
         let (cs, bs) = (side(c_ends, c), side(b_ends, b));
-        let shifts = self.nl().splice(id, &cs, &bs).map_err(|e| NotSpliced::Kernel("splice", e))?;
+        let shifts = self.nl().splice(id, &cs, &bs, resume.is_some()).map_err(|e| NotSpliced::Kernel("splice", e))?;
         Ok(SpliceState { client: side_state(&cs), backend: side_state(&bs), shifts: [shifts.to_backend, shifts.to_client] })
+    }
+
+    /// Backend `down` failed: carry each of this proxy's splices on it on
+    /// elsewhere, or reset its client, each in a thread of its own (a replay waits
+    /// on a backend).
+    pub fn backend_failed(self: &Arc<Self>, down: SocketAddr, health: Arc<Health>, via: Connector) {
+        let ids: Vec<u32> = self
+            .kept()
+            .iter()
+            .filter(|(_, k)| k.origin == Origin::Own && SocketAddr::V4(endpoint(k.state.backend.remote)) == down)
+            .map(|(id, _)| *id)
+            .collect();
+        if !ids.is_empty() {
+            eprintln!("lzproxy: backend {down} failed under {} splice(s)", ids.len());
+        }
+        for id in ids {
+            let (me, health) = (self.clone(), health.clone());
+            let spawned = std::thread::Builder::new().stack_size(512 * 1024).spawn(move || me.resume_one(id, down, &health, &via));
+            if let Err(e) = spawned {
+                eprintln!("lzproxy: no thread to resume splice {id}: {e}");
+            }
+        }
+    }
+
+    fn resume_one(&self, id: u32, down: SocketAddr, health: &Health, via: &Connector) {
+        match self.try_resume(id, down, health, via) {
+            Ok(()) => {
+                self.counts.resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(why) => {
+                self.counts.resume_failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("lzproxy: splice {id}: the client connection is reset: {why}");
+            }
+        }
+    }
+
+    fn try_resume(&self, id: u32, down: SocketAddr, health: &Health, via: &Connector) -> Result<(), String> {
+        // Out of the table of kept splices for the whole resume: the reaper must not
+        // take the frozen client connection for an ended splice.
+        let Some(kept) = self.kept().remove(&id) else {
+            return Err("the splice ended meanwhile".into());
+        };
+        let ended = |why: String| {
+            if let Some(p) = self.peers.get() {
+                p.ended(id);
+            }
+            why
+        };
+        let Kept { _holds: holds, state, resume, .. } = kept;
+        // The old client socket stays open, silent in repair mode, until the
+        // rebuilt one replaces it: meanwhile it absorbs the client's ACKs, which
+        // would otherwise meet no socket and draw a reset from the stack.
+        let Some(old_client) = holds.into_iter().next().map(TcpStream::from) else {
+            let _ = self.nl().abort(id);
+            return Err(ended("no client socket kept".into()));
+        };
+        let (mss, rcv_wnd) = match sockopt::repair_mss_and_window(&old_client) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self.nl().abort(id);
+                return Err(ended(format!("reading the client socket: {e}")));
+            }
+        };
+        let (point, flags) = self.nl().unsplice(id).map_err(|e| ended(format!("unsplice: {e}")))?;
+        let c = &state.client;
+        // The client connection rebuilt with the next byte to send at `offset` into
+        // the response (the old socket is closed first: the 4-tuple must be free).
+        let rebuild = |old: TcpStream, offset: u64| {
+            drop(old);
+            sockopt::rebuild(&sockopt::Rebuild {
+                local: endpoint(c.local),
+                remote: endpoint(c.remote),
+                snd_nxt: c.snd_nxt.0.wrapping_add(offset as u32),
+                rcv_nxt: c.rcv_nxt.0.wrapping_add(point.client_sent as u32),
+                mss,
+                peer_wscale: c.peer_wscale,
+                own_wscale: c.own_wscale,
+                sack: c.sack,
+                // On from the latest value the client saw, so that its PAWS check passes.
+                ts_start: c.ts_now.map(|now| point.to_client_tsval.unwrap_or(now).wrapping_add(1)),
+                snd_wnd: point.client_window.max(mss),
+                rcv_wnd,
+            })
+        };
+        // A reset at the end of what was sent: the client takes it if it has all of
+        // it, and otherwise answers with an ACK that the stack, finding no socket
+        // any more, answers with a reset it takes.
+        let reset = |old: TcpStream, why: String| {
+            let _ = self.nl().abort(id);
+            if let Ok(s) = rebuild(old, point.sent) {
+                sockopt::reset(s);
+            }
+            ended(why)
+        };
+        let Some(resume) = resume else {
+            return Err(reset(old_client, "its route's requests may not be replayed (not idempotent, or a body the proxy did not hold)".into()));
+        };
+        if let Err(e) = point.check(flags) {
+            return Err(reset(old_client, format!("cannot replay: {}", e.as_str())));
+        }
+        let replayed = match resume::replay(&resume, &point, down, health, via) {
+            Ok(r) => r,
+            Err(why) => return Err(reset(old_client, format!("replay: {why}"))),
+        };
+        let mut client = match rebuild(old_client, point.acked) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.nl().abort(id);
+                return Err(ended(format!("rebuilding the client connection: {e}")));
+            }
+        };
+        let _ = client.set_nodelay(true);
+        let sent = client.set_write_timeout(Some(SETTLE_LIMIT)).and_then(|()| client.write_all(&replayed.tail));
+        if let Err(e) = sent {
+            let _ = self.nl().abort(id);
+            sockopt::reset(client);
+            return Err(ended(format!("sending the replayed bytes: {e}")));
+        }
+        let _ = client.set_write_timeout(None);
+        eprintln!(
+            "lzproxy: splice {id}: replayed on {} ({} body bytes checked, {} sent again from the client's acknowledgment)",
+            replayed.backend.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            resume.prefix.len() as u64 + point.hashed,
+            replayed.tail.len()
+        );
+        // A connection is resumed once: its body before this splice is no longer
+        // all at hand.
+        match self.join(Some(id), client, replayed.backend, None) {
+            Ok(()) => Ok(()),
+            Err((client, backend, why)) => {
+                // Still a good connection: relay it rather than lose it.
+                eprintln!("lzproxy: splice {id}: relaying the resumed connection: {why}");
+                self.counts.relayed.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = self.peers.get() {
+                    p.ended(id);
+                }
+                crate::relay::relay(client, backend);
+                Ok(())
+            }
+        }
     }
 }
 
