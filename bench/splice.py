@@ -14,6 +14,12 @@ proxy guest's busy time per gigabyte moved.
 Then the proxy failover: two proxies share the service address (heartbeat 200 ms), a
 paced download runs through the active one, whose VM is killed; the stall is the
 longest gap the client saw between two reads.
+
+And the backend failover: one proxy, two backends on an idempotent route, probes every
+200 ms (3 misses mark a backend down); a paced download from the first backend, whose
+VM is killed; the proxy replays the request on the other backend, re-reads and checks
+what the client has (at the server's pace), and splices again. The stall is again the
+client's longest gap between two reads.
 """
 import datetime
 import json
@@ -173,10 +179,43 @@ def failover():
     return {"heartbeat_ms": 200, "bytes": int(got), "stall_s": float(gap), "transfer_s": float(took)}
 
 
+def backend_failover():
+    """Stall of a paced download when its backend's VM dies (probes every 200 ms)."""
+    with Bench(3, name="lzbsbf") as b:
+        proxy, b1, b2 = b.guests
+        for g, name in ((b1, "b1"), (b2, "b2")):
+            g.run(f"cd {TESTS} && setsid python3 httpd.py 8080 {name} </dev/null >/tmp/httpd.log 2>&1 &\n"
+                  "for i in $(seq 100); do ss -lnt | grep -q ':8080 ' && exit 0; sleep 0.1; done; exit 1")
+        proxy.run(f"insmod {b.modules}/lazarus_splice/lazarus_splice.ko")
+        listen = f"{proxy.addr}:80"
+        backends = [("b1", f"{b1.addr}:8080"), ("b2", f"{b2.addr}:8080")]
+        extra = ["health_interval_ms = 200", "health_misses = 3"]
+        # The route's first request goes to b1.
+        proxy.start_lzproxy(lzproxy_toml(listen, backends, [("/", ["b1", "b2"], True)], proxy_extra=extra), listen)
+        n = 6_000_000
+        req = f"GET /bytes/{n}?seed=1&rate=1000000 HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n"
+        reader = b.host_popen(f"python3 -c {shlex.quote(READER)} {proxy.addr} $'{req}' {n}", stdout=__import__("subprocess").PIPE, text=True)
+        for _ in range(100):
+            if json.loads(proxy.out(f"{LZCTL} -j splice status"))["stats"]["splices"] >= 1:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        b1.fence()
+        out, _ = reader.communicate(timeout=120)
+        got, gap, took = out.split()
+        log = proxy.out("cat /tmp/lzproxy.log")
+    if int(got) < n or "replayed on" not in log:
+        raise AssertionError(f"the download got {got} of {n} bytes; proxy log:\n{log}")
+    checked = int(log.split("replayed on", 1)[1].split("(", 1)[1].split()[0])
+    return {"health_interval_ms": 200, "health_misses": 3, "bytes": int(got), "replayed_bytes_checked": checked,
+            "stall_s": float(gap), "transfer_s": float(took)}
+
+
 def splice(host_cpu):
     """The results, for bench/run.py to save."""
     ff = failure_free()
     fo = failover()
+    bfo = backend_failover()
     return {
         "benchmark": "splice",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -191,4 +230,5 @@ def splice(host_cpu):
         },
         "failure_free": ff,
         "proxy_failover": fo,
+        "backend_failover": bfo,
     }

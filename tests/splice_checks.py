@@ -78,6 +78,12 @@ out["splice_bad_wscale"] = g.request(CMD["splice"], nlraw.u32(A["id"], sid), *cl
                                      *side_attrs("client", 1, 2, wscale=15), *side_attrs("backend", 3, 4))[:2]
 # An id that names nothing.
 out["abort_unknown"] = g.request(CMD["abort"], nlraw.u32(A["id"], sid ^ 0x10000))[:2]
+# Taking apart a pair that is frozen, not spliced; or nothing at all.
+out["unsplice_frozen"] = g.request(CMD["unsplice"], nlraw.u32(A["id"], sid))[:2]
+out["unsplice_unknown"] = g.request(CMD["unsplice"], nlraw.u32(A["id"], sid ^ 0x10000))[:2]
+out["unsplice_missing"] = g.request(CMD["unsplice"])[:2]
+# A new backend for an id that unsplice did not leave waiting.
+out["pre_splice_into_frozen"] = g.request(CMD["pre-splice"], nlraw.u32(A["id"], sid), *client, *backend)[:2]
 # A bad linger time.
 out["configure_bad"] = g.request(CMD["configure"], nlraw.u32(A["linger-ms"], 5))[:2]
 # Undo the freeze; both connections must still carry bytes both ways.

@@ -173,17 +173,18 @@ def test_a_proxy_killed_mid_transfer_loses_no_spliced_connection():
 
         work = b.workdir
         jobs = []
-        # Transfers paced to last about 20 s, so that the failure lands in their middle.
+        # Transfers paced to last about 30 s, so that the failure lands in their
+        # middle even when the busy guests answer the test's commands slowly.
         for i in range(6):
             n = 3_000_000 + 100_000 * i
             route = "one" if i % 2 == 0 else "two"
             out = os.path.join(work, f"get{i}")
-            url = f"http://{VIP}/{route}/bytes/{n}?seed={300 + i}&rate=150000"
+            url = f"http://{VIP}/{route}/bytes/{n}?seed={300 + i}&rate=100000"
             jobs.append(("get", out, (n, 300 + i, None), curl(b, shlex.quote(url), out)))
         for i in range(3):
             src = upload_file(work, f"up{i}.bin", 700 + i, 3_000_000 + 77_000 * i)
             out = os.path.join(work, f"put{i}")
-            jobs.append(("put", out, (src,), curl(b, f"--limit-rate 150K -T {src} http://{VIP}/upload/{i}", out)))
+            jobs.append(("put", out, (src,), curl(b, f"--limit-rate 100K -T {src} http://{VIP}/upload/{i}", out)))
 
         # Every connection is spliced on p1 and copied to p2 before p1 dies.
         started = time.monotonic()
@@ -333,28 +334,54 @@ def test_bad_requests_and_bad_splice_requests_get_clean_errors():
         assert r["splice_forged_numbers"][0] == EINVAL and "does not match the socket" in r["splice_forged_numbers"][1]
         assert r["splice_bad_wscale"] == [34, "integer out of range"], "the policy bounds window scales (ERANGE)"
         assert r["abort_unknown"][0] == ENOENT
+        assert r["unsplice_frozen"][0] == EINVAL and "frozen, not spliced" in r["unsplice_frozen"][1], r["unsplice_frozen"]
+        assert r["unsplice_unknown"][0] == ENOENT and "no splice has this id" in r["unsplice_unknown"][1]
+        assert r["unsplice_missing"][0] == EINVAL and "missing attribute: id" in r["unsplice_missing"][1]
+        assert r["pre_splice_into_frozen"][0] == EINVAL and "left by unsplice" in r["pre_splice_into_frozen"][1], r["pre_splice_into_frozen"]
         assert r["configure_bad"][0] == EINVAL and "linger-ms" in r["configure_bad"][1]
         assert r["abort"][0] == 0
         assert r["connections_intact"], "the connections stopped carrying bytes after the refused requests"
         s = splice_status(proxy)["stats"]
-        assert s["refused"] >= 7, s
+        assert s["refused"] >= 11, s
 
 
-def test_keep_alive_requests_go_on_through_the_splice():
+def test_keep_alive_requests_are_each_routed_and_spliced():
     with Bench(3, name="lzspk") as b:
         proxy, b1, b2 = setup(b)
         work = b.workdir
-        # Several requests on one connection (curl reuses it): the splice carries them
-        # all to the backend the first request picked.
-        urls = " ".join(f"-o {work}/ka{i} http://{proxy.addr}/one/bytes/{100_000 * (i + 1)}?seed={40 + i}" for i in range(5))
-        p = b.host_popen(f"curl -sS --max-time 120 {urls} -w '%{{num_connects}}\\n' > {work}/ka.meta 2>&1")
+        # Several requests on one connection (curl reuses it), alternately for b1 and
+        # b2: after each response the module holds the next request for the proxy,
+        # which routes it and splices the connection again.
+        n = 6
+        urls = " ".join(f"-o {work}/ka{i} http://{proxy.addr}/{'one' if i % 2 == 0 else 'two'}/bytes/{100_000 * (i + 1)}?seed={40 + i}"
+                        for i in range(n))
+        fmt = "%{num_connects} %header{x-backend}\\n"
+        p = b.host_popen(f"curl -sS --max-time 120 {urls} -w '{fmt}' > {work}/ka.meta 2>&1")
         assert p.wait(timeout=120) == 0, open(f"{work}/ka.meta").read()
-        for i in range(5):
+        for i in range(n):
             assert sha256_file(f"{work}/ka{i}") == stream_sha(40 + i, 100_000 * (i + 1)), f"request {i}: wrong bytes"
-        connects = [int(l) for l in open(f"{work}/ka.meta").read().split()]
-        assert sum(connects) == 1, f"curl opened {connects} connections; keep-alive did not hold"
+        meta = [l.split() for l in open(f"{work}/ka.meta").read().splitlines() if l.strip()]
+        assert len(meta) == n, meta
+        assert sum(int(m[0]) for m in meta) == 1, f"curl opened {meta} connections; keep-alive did not hold"
+        assert [m[1] for m in meta] == ["b1" if i % 2 == 0 else "b2" for i in range(n)], f"routed to {meta}"
         s = splice_status(proxy)["stats"]
-        assert s["splices"] == 1, s
+        log = proxy.out("cat /tmp/lzproxy.log")
+        assert s["splices"] == n and s["unspliced"] == n - 1, f"{s}\n{log}"
+        # A request sent while the previous response is still coming waits for it
+        # and is routed on its own.
+        script = (f"import socket; s=socket.create_connection(('{proxy.addr}',80)); s.settimeout(30); "
+                  f"s.sendall(b'GET /one/bytes/2000000?seed=7&rate=1000000 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); out=s.recv(65536)\n"
+                  f"s.sendall(b'GET /two/bytes/1000?seed=8 HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n"
+                  "try:\n    while (d := s.recv(65536)): out += d\nexcept OSError: pass\n"
+                  f"open('{work}/pipe.out', 'wb').write(out)")
+        b.host(["python3", "-c", script], timeout=60)
+        out = open(f"{work}/pipe.out", "rb").read()
+        first, _, rest = out.partition(b"\r\n\r\n")
+        assert b"X-Backend: b1" in first, out[:200]
+        body1, second = rest[:2_000_000], rest[2_000_000:]
+        assert hashlib.sha256(body1).hexdigest() == stream_sha(7, 2_000_000), "early request: first body wrong"
+        head2, _, body2 = second.partition(b"\r\n\r\n")
+        assert b"X-Backend: b2" in head2 and hashlib.sha256(body2).hexdigest() == stream_sha(8, 1000), second[:200]
 
 
 def test_forged_replayed_and_truncated_peer_datagrams_are_refused():

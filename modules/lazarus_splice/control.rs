@@ -154,6 +154,7 @@ impl Control {
             m.put_u32(a::IDLE_TIMEOUT_MS, s.idle_ms.load(Ordering::Relaxed))?;
             m.put_u32(a::LINGER_MS, s.linger_ms.load(Ordering::Relaxed))?;
             m.put_u32(a::LAST_SEND_ERRNO, s.last_send_errno.load(Ordering::Relaxed))?;
+            m.put_u64(a::NEXT_READY, s.next_ready.load(Ordering::Relaxed))?;
             put_stats(m, &s.stats)
         })
     }
@@ -248,6 +249,9 @@ impl Control {
         if req.u8(a::RESUMABLE) == Some(1) {
             sp.make_resumable();
         }
+        if let Some(end) = req.u64(a::RESPONSE_END) {
+            sp.set_response_end(end);
+        }
         for (side, at) in [(&client, &CLIENT), (&backend, &BACKEND)] {
             if let Err(m) = check_socket(net, side) {
                 let msg = match (m, at.name == CLIENT.name) {
@@ -307,7 +311,14 @@ impl Control {
         let Some(id) = req.u32(a::ID) else {
             return Err(refuse(s, req, c"missing attribute: id", EINVAL));
         };
-        let (r, flags) = s.with_table(|t| t.unsplice(id, now_ms())).map_err(|msg| refuse(s, req, msg, EINVAL))?;
+        let taken = s.with_table(|t| match t.entries.get_mut(id) {
+            None => Err(None),
+            Some(_) => t.unsplice(id, now_ms()).map_err(Some),
+        });
+        let (r, flags) = taken.map_err(|msg| match msg {
+            None => refuse(s, req, c"no splice has this id", ENOENT),
+            Some(msg) => refuse(s, req, msg, EINVAL),
+        })?;
         bump(&s.stats.unspliced);
         req.reply(c, |m| {
             m.put_u8(a::FLAGS, flags)?;
@@ -406,6 +417,7 @@ struct View {
     held: u32,
     age_ms: u64,
     idle_ms: u64,
+    next_request: u8,
 }
 
 impl View {
@@ -425,6 +437,12 @@ impl View {
             }
             State::Spliced(sp) => {
                 v.state = if e.closed_ms.is_some() { state::CLOSED } else { state::OPEN };
+                v.held = e.next_request.len();
+                v.next_request = match (e.next_request.is_empty(), e.ready) {
+                    (true, _) => 0,
+                    (false, false) => 1,
+                    (false, true) => 2,
+                };
                 v.flags = sp.flags();
                 let b = sp.counters(Dir::FromClient);
                 let c = sp.counters(Dir::FromBackend);
@@ -456,7 +474,8 @@ fn put_view(m: &mut Message, v: &View) -> Result {
         m.put_u64(ea::TO_CLIENT_BYTES, v.to_client.1)?;
         m.put_u32(ea::HELD, v.held)?;
         m.put_u64(ea::AGE_MS, v.age_ms)?;
-        m.put_u64(ea::IDLE_MS, v.idle_ms)
+        m.put_u64(ea::IDLE_MS, v.idle_ms)?;
+        m.put_u8(ea::NEXT_REQUEST, v.next_request)
     })
 }
 

@@ -13,7 +13,7 @@ use super::lzk::proto::flowtab::FlowKey;
 use super::lzk::proto::packet::{TcpFlags, TcpOptions};
 use super::lzk::proto::splice::{frozen_verdict, Dir, Endpoint, FrozenVerdict, Phase, Plan};
 use super::lzk::skb::SkBuff;
-use super::{bump, now_ms, Shared, State, HOLD_MAX};
+use super::{becomes_ready, bump, now_ms, Shared, State, HOLD_MAX};
 use core::sync::atomic::Ordering;
 use kernel::bindings;
 use kernel::sync::Arc;
@@ -83,7 +83,33 @@ impl HookHandler for Handler {
                         bump(&s.stats.rewrite_errors);
                         return Action::Drop;
                     };
+                    if sp.holds_next_request(d, &p) {
+                        // The proxy routes the next request itself, once the
+                        // response is done: hold it for the proxy's socket.
+                        sp.note_held(&p);
+                        e.last_ms = now;
+                        let action = if e.next_request.len() >= HOLD_MAX {
+                            bump(&s.stats.hold_overflows);
+                            Action::Drop
+                        } else {
+                            match skb.clone_owned() {
+                                Some(c) => {
+                                    e.next_request.push_back(c);
+                                    bump(&s.stats.held);
+                                    Action::Held
+                                }
+                                None => Action::Drop,
+                            }
+                        };
+                        mark_ready(s, becomes_ready(&mut e.ready, &e.next_request, sp.response_done()));
+                        return action;
+                    }
                     let plan = sp.plan(d, &p, &opts);
+                    if d == Dir::FromClient {
+                        // An acknowledgment that completes the response of a
+                        // connection whose next request waits.
+                        mark_ready(s, becomes_ready(&mut e.ready, &e.next_request, sp.response_done()));
+                    }
                     if d == Dir::FromBackend && sp.is_resumable() {
                         // Under the lock, so that the digest takes the bytes in the
                         // order the resume point counts them.
@@ -130,5 +156,12 @@ impl HookHandler for Handler {
             bump(&self.shared.stats.send_errors);
         }
         self.shared.last_send_errno.store(err.to_errno().unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
+/// Count a splice that just became ready for the proxy to take back.
+fn mark_ready(s: &Shared, became_ready: bool) {
+    if became_ready {
+        s.next_ready.fetch_add(1, Ordering::Relaxed);
     }
 }

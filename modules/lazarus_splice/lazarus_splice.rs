@@ -76,10 +76,27 @@ pub(crate) struct Entry {
     /// new backend after unsplice; only then.
     pub(crate) backend_key: FlowKey,
     pub(crate) state: State,
+    /// The client's next request, held while spliced with a response end (see
+    /// `Splice::holds_next_request`) until the proxy takes the connection over.
+    pub(crate) next_request: SkbQueue,
+    /// A next request is held and the response acknowledged: counted once in
+    /// `Shared::next_ready`.
+    pub(crate) ready: bool,
     pub(crate) created_ms: u64,
     pub(crate) last_ms: u64,
     /// When the splice closed (both FINs acknowledged, or a reset).
     pub(crate) closed_ms: Option<u64>,
+}
+
+/// Whether an entry becomes ready now (its `ready` and `next_request` fields, taken
+/// apart so that its splice can stay borrowed): a next request is held, the response
+/// is done, and it was not ready before.
+pub(crate) fn becomes_ready(ready: &mut bool, next_request: &SkbQueue, response_done: bool) -> bool {
+    if *ready || next_request.is_empty() || !response_done {
+        return false;
+    }
+    *ready = true;
+    true
 }
 
 /// The splices and the index of their 4-tuples.
@@ -149,6 +166,8 @@ impl Table {
             client_key,
             backend_key,
             state,
+            next_request: SkbQueue::default(),
+            ready: false,
             created_ms: now,
             last_ms: now,
             closed_ms: None,
@@ -192,7 +211,10 @@ impl Table {
         let flags = sp.flags();
         let backend_key = e.backend_key;
         e.backend_key = e.client_key;
-        e.state = State::Frozen(SkbQueue::default());
+        // A held next request stays held, now with the frozen connection: abort
+        // thaws it to the proxy's socket, a new splice forwards it.
+        e.state = State::Frozen(core::mem::take(&mut e.next_request));
+        e.ready = false;
         e.created_ms = now;
         e.last_ms = now;
         e.closed_ms = None;
@@ -249,6 +271,10 @@ pub(crate) fn bump(c: &AtomicU64) {
 #[pin_data]
 pub(crate) struct Shared {
     pub(crate) count: AtomicU32,
+    /// Splices that became ready for the proxy to take back (a next request held,
+    /// the response acknowledged), ever: the proxy lists the table only when this
+    /// moved.
+    pub(crate) next_ready: AtomicU64,
     /// The errno of the latest failed send, for diagnosis.
     pub(crate) last_send_errno: AtomicU32,
     pub(crate) idle_ms: AtomicU32,
@@ -268,6 +294,7 @@ impl Shared {
     fn new(table: Table) -> impl PinInit<Self> {
         pin_init!(Shared {
             count: AtomicU32::new(0),
+            next_ready: AtomicU64::new(0),
             last_send_errno: AtomicU32::new(0),
             idle_ms: AtomicU32::new(IDLE_DEFAULT_MS),
             linger_ms: AtomicU32::new(LINGER_DEFAULT_MS),

@@ -377,6 +377,11 @@ impl<'a> Request<'a> {
         self.attr(id).and_then(|b| Some(u32::from_ne_bytes(b.get(..4)?.try_into().ok()?)))
     }
 
+    /// A u64 attribute (host order; the policy checked its length).
+    pub fn u64(&self, id: u16) -> Option<u64> {
+        self.attr(id).and_then(|b| Some(u64::from_ne_bytes(b.get(..8)?.try_into().ok()?)))
+    }
+
     /// A u32 attribute carried in network order.
     pub fn be32(&self, id: u16) -> Option<u32> {
         self.attr(id).and_then(|b| Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?)))

@@ -104,7 +104,11 @@ pub mod splice_attr {
     pub const RESUME_BROKEN: u16 = 40;
     /// A splice's FIN and RST flags (as the entry's flags).
     pub const FLAGS: u16 = 41;
-    pub const MAX: u16 = 41;
+    /// Splices that became ready for their proxy to take back (next-request 2), since the module was loaded: a proxy lists the splices only when this moved.
+    pub const NEXT_READY: u16 = 42;
+    /// The response ends this many bytes after the splice point, and the proxy routes each request of the connection itself: client data after the request is then held for the proxy (up to 64 segments) instead of going to this backend, and the entry shows next-request 2 once the client also acknowledged the whole response.
+    pub const RESPONSE_END: u16 = 43;
+    pub const MAX: u16 = 43;
 }
 
 /// Attributes of the `stats` set.
@@ -139,7 +143,7 @@ pub mod stats_attr {
     pub const TABLE_FULL: u16 = 14;
     /// Requests refused as malformed or inconsistent (bad addresses, unknown id, a 4-tuple already spliced).
     pub const REFUSED: u16 = 15;
-    /// Splices taken apart after their backend failed.
+    /// Splices taken apart by unsplice (for the next request, or after a backend failure).
     pub const UNSPLICED: u16 = 16;
     pub const MAX: u16 = 16;
 }
@@ -167,7 +171,9 @@ pub mod entry_attr {
     pub const HELD: u16 = 16;
     pub const AGE_MS: u16 = 17;
     pub const IDLE_MS: u16 = 18;
-    pub const MAX: u16 = 18;
+    /// For a splice with a response end: 0 nothing held, 1 the client's next request is held while the response finishes, 2 held and the whole response acknowledged (the proxy takes over the connection for it).
+    pub const NEXT_REQUEST: u16 = 19;
+    pub const MAX: u16 = 19;
 }
 
 /// Validation policy for requests, indexed by attribute id.
@@ -213,6 +219,8 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: splice_attr::RESUME_DIGEST, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::RESUME_BROKEN, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::FLAGS, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::NEXT_READY, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESPONSE_END, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
 ];
 
 /// Command numbers.

@@ -1082,6 +1082,20 @@ mod fuzz {
             })
     }
 
+    fn apply(buf: &mut Vec<u8>, muts: &[Mutation]) {
+        for m in muts {
+            match *m {
+                Mutation::SetByte(i, b) if !buf.is_empty() => {
+                    let i = i.index(buf.len());
+                    buf[i] = b;
+                }
+                Mutation::Insert(i, b) => buf.insert(i.index(buf.len() + 1), b),
+                Mutation::Truncate(i) if !buf.is_empty() => buf.truncate(i.index(buf.len())),
+                _ => {}
+            }
+        }
+    }
+
     fn blank_line(b: &[u8]) -> Option<usize> {
         b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
     }
@@ -1098,17 +1112,7 @@ mod fuzz {
             max_headers in 0usize..8,
         ) {
             let mut buf = req;
-            for m in &muts {
-                match *m {
-                    Mutation::SetByte(i, b) if !buf.is_empty() => {
-                        let i = i.index(buf.len());
-                        buf[i] = b;
-                    }
-                    Mutation::Insert(i, b) => buf.insert(i.index(buf.len() + 1), b),
-                    Mutation::Truncate(i) if !buf.is_empty() => buf.truncate(i.index(buf.len())),
-                    _ => {}
-                }
-            }
+            apply(&mut buf, &muts);
             let limits = Limits { max_head, max_target: 8192, max_headers };
             match parse_request_head(&buf, &limits) {
                 Ok(Parsed::Incomplete) => {
@@ -1148,17 +1152,7 @@ mod fuzz {
                 buf.extend_from_slice(std::format!("Content-Length: {n}\r\n").as_bytes());
             }
             buf.extend_from_slice(b"\r\nbody");
-            for m in &muts {
-                match *m {
-                    Mutation::SetByte(i, b) if !buf.is_empty() => {
-                        let i = i.index(buf.len());
-                        buf[i] = b;
-                    }
-                    Mutation::Insert(i, b) => buf.insert(i.index(buf.len() + 1), b),
-                    Mutation::Truncate(i) if !buf.is_empty() => buf.truncate(i.index(buf.len())),
-                    _ => {}
-                }
-            }
+            apply(&mut buf, &muts);
             match parse_response_head(&buf, max_head) {
                 Ok(None) => prop_assert!(blank_line(&buf[..buf.len().min(max_head)]).is_none() && buf.len() < max_head),
                 Ok(Some(h)) => {

@@ -268,6 +268,11 @@ pub struct Splice {
     counters: [Counters; 2],
     /// Where the response stands, for a resume or a reset after a backend failure.
     track: Track,
+    /// Response bytes after the splice point, when the proxy knows where the
+    /// response ends and routes each request of the connection itself: the
+    /// client's next request is then held for the proxy (see
+    /// [`Splice::holds_next_request`]).
+    response_end: Option<u64>,
 }
 
 /// Where a splice's response stands, so that the proxy can carry the connection on
@@ -422,7 +427,35 @@ impl Splice {
             reset: false,
             counters: [Counters::default(); 2],
             track: Track { digest: None, hashed: 0, sent: 0, acked: 0, client_sent: 0, client_window: 0, to_client_tsval: None, broken: false },
+            response_end: None,
         })
+    }
+
+    /// The response ends `bytes` after the splice point, and the proxy routes the
+    /// connection's next request itself: from now on client data is held for it
+    /// rather than forwarded to this backend.
+    pub fn set_response_end(&mut self, bytes: u64) {
+        self.response_end = Some(bytes);
+    }
+
+    /// Whether a segment from direction `d` carries the client's next request (or
+    /// part of it), to be held for the proxy rather than forwarded.
+    pub fn holds_next_request(&self, d: Dir, p: &Ipv4Tcp) -> bool {
+        self.response_end.is_some()
+            && d == Dir::FromClient
+            && p.payload_len() > 0
+            && p.tcp.seq.add(p.payload_len() as u32).gt(self.client.rcv_nxt)
+    }
+
+    /// Account for a held client segment: its acknowledgment and window still tell
+    /// how far the response got.
+    pub fn note_held(&mut self, p: &Ipv4Tcp) {
+        self.track_ack(p);
+    }
+
+    /// The client acknowledged the whole response (only known with a response end).
+    pub fn response_done(&self) -> bool {
+        self.response_end.is_some_and(|end| self.track.acked >= end)
     }
 
     /// Record what a resume needs from now on (see [`ResumePoint`]). Costs a
@@ -492,20 +525,27 @@ impl Splice {
         }
     }
 
+    /// The client's acknowledgment (of response bytes) and window in a segment.
+    fn track_ack(&mut self, p: &Ipv4Tcp) {
+        let (snd_nxt, peer_wscale) = (self.client.snd_nxt, self.client.peer_wscale);
+        let t = &mut self.track;
+        if p.tcp.flags.has(TcpFlags::ACK) {
+            let ahead = p.tcp.ack.diff(snd_nxt.add(t.acked as u32));
+            if ahead > 0 {
+                t.acked += ahead as u64;
+            }
+        }
+        t.client_window = ((p.tcp.window as u64) << peer_wscale).min(u32::MAX as u64) as u32;
+    }
+
     /// The resume point's view of a segment: the client's acknowledgment, window
     /// and bytes, and the timestamp the client is sent.
     fn track_segment(&mut self, d: Dir, p: &Ipv4Tcp, tsval_out: Option<u32>) {
-        let (client, backend, peer_wscale) = (self.client, self.backend, self.client.peer_wscale);
-        let t = &mut self.track;
+        let (client, backend) = (self.client, self.backend);
         match d {
             Dir::FromClient => {
-                if p.tcp.flags.has(TcpFlags::ACK) {
-                    let ahead = p.tcp.ack.diff(client.snd_nxt.add(t.acked as u32));
-                    if ahead > 0 {
-                        t.acked += ahead as u64;
-                    }
-                }
-                t.client_window = ((p.tcp.window as u64) << peer_wscale).min(u32::MAX as u64) as u32;
+                self.track_ack(p);
+                let t = &mut self.track;
                 if p.seq_len() > 0 {
                     let end = p.tcp.seq.diff(client.rcv_nxt) as i64 + p.seq_len() as i64;
                     if end > 0 {
@@ -514,6 +554,7 @@ impl Splice {
                 }
             }
             Dir::FromBackend => {
+                let t = &mut self.track;
                 if tsval_out.is_some() {
                     t.to_client_tsval = tsval_out;
                 }
@@ -986,6 +1027,27 @@ mod tests {
         // Too late to start digesting: the bytes already sent are not in it.
         sp.make_resumable();
         assert!(!sp.is_resumable());
+    }
+
+    #[test]
+    fn with_a_response_end_the_next_request_is_held_until_the_response_is_acknowledged() {
+        let (c, b) = sides();
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+        let next = Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000 + 40, flags: 0x18, window: 100, options: &[], payload: b"GET /b" };
+        let (buf, n) = packet(&next);
+        let p = Ipv4Tcp::parse(&buf[..n]).unwrap();
+        assert!(!sp.holds_next_request(Dir::FromClient, &p), "without a response end everything is forwarded");
+        sp.set_response_end(100);
+        assert!(sp.holds_next_request(Dir::FromClient, &p));
+        let (ack, an) = packet(&client_ack(1000 + 60));
+        assert!(!sp.holds_next_request(Dir::FromClient, &Ipv4Tcp::parse(&ack[..an]).unwrap()), "a pure ACK goes on");
+        forward_tracked(&mut sp, &from_backend(70_000, &[7; 100]));
+        sp.note_held(&p);
+        assert!(!sp.response_done(), "40 of 100 bytes acknowledged");
+        forward_tracked(&mut sp, &client_ack(1000 + 100));
+        assert!(sp.response_done());
+        let r = sp.resume_point();
+        assert_eq!((r.acked, r.client_sent), (100, 0), "held bytes were not forwarded");
     }
 
     #[test]

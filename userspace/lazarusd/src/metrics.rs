@@ -291,6 +291,7 @@ mod tests {
             idle_timeout_ms: 900_000,
             linger_ms: 10_000,
             last_send_errno: 0,
+            next_ready: 0,
             stats: lznl::SpliceStats { forwarded_bytes: 123, installed: 2, ..Default::default() },
         };
         let s = check_exposition(&render(&Scrape { ports: Some(ports), shadow: Some(shadow), splice: Some(splice) }, &f));

@@ -37,7 +37,7 @@ fn status_lines(s: &SpliceStatus) -> Vec<String> {
         format!("  linger:         {} ms", s.linger_ms),
         format!("  set up:         {} (frozen {}, undone {}), {} installed from a peer", st.splices, st.pre_splices, st.aborted, st.installed),
         format!("  forwarded:      {} segments, {} bytes", st.forwarded_segments, st.forwarded_bytes),
-        format!("  ended:          {} closed, {} idle, {} taken apart after a backend failure", st.closed, st.expired, st.unspliced),
+        format!("  ended:          {} closed, {} idle, {} taken apart (next request, backend failure)", st.closed, st.expired, st.unspliced),
         format!("  held:           {} (overflowed {})", st.held, st.hold_overflows),
         format!("  dropped:        {} by a full queue on the way out", st.send_dropped),
         format!("  errors:         {} send, {} rewrite, {} refused, {} table full", st.send_errors, st.rewrite_errors, st.refused, st.table_full),
@@ -122,6 +122,7 @@ mod tests {
             held: 0,
             age_ms: 1200,
             idle_ms: 40,
+            next_request: 0,
         };
         let l = list_lines(&[e]);
         assert_eq!(l.len(), 2);

@@ -109,6 +109,10 @@ impl RawAttr {
     pub fn u32(id: u16, v: u32) -> Self {
         RawAttr { id, payload: v.to_ne_bytes().to_vec() }
     }
+    /// A u64 attribute (host order).
+    pub fn u64(id: u16, v: u64) -> Self {
+        RawAttr { id, payload: v.to_ne_bytes().to_vec() }
+    }
 }
 
 /// Status of the module.

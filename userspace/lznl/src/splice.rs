@@ -104,6 +104,8 @@ pub struct SpliceStatus {
     pub linger_ms: u32,
     /// The errno of the latest segment that could not be sent (0: none yet).
     pub last_send_errno: u32,
+    /// Splices that became ready to be taken back for their next request, ever.
+    pub next_ready: u64,
     pub stats: SpliceStats,
 }
 
@@ -116,6 +118,7 @@ impl SpliceStatus {
             idle_timeout_ms: r.u32(a::IDLE_TIMEOUT_MS).ok_or(Error::Reply("idle-timeout-ms"))?,
             linger_ms: r.u32(a::LINGER_MS).ok_or(Error::Reply("linger-ms"))?,
             last_send_errno: r.u32(a::LAST_SEND_ERRNO).unwrap_or(0),
+            next_ready: r.u64(a::NEXT_READY).unwrap_or(0),
             stats: r.get(a::STATS).map(SpliceStats::from_nest).ok_or(Error::Reply("stats"))?,
         })
     }
@@ -139,6 +142,9 @@ pub struct SpliceEntry {
     pub held: u32,
     pub age_ms: u64,
     pub idle_ms: u64,
+    /// 0 nothing held, 1 the client's next request held while the response
+    /// finishes, 2 held and the response acknowledged (see `response-end`).
+    pub next_request: u8,
 }
 
 fn endpoint(n: &Attrs, addr: u16, port: u16, what: &'static str) -> Result<SocketAddrV4, Error> {
@@ -165,6 +171,7 @@ impl SpliceEntry {
             held: n.u32(e::HELD).unwrap_or(0),
             age_ms: n.u64(e::AGE_MS).unwrap_or(0),
             idle_ms: n.u64(e::IDLE_MS).unwrap_or(0),
+            next_request: n.u8(e::NEXT_REQUEST).unwrap_or(0),
         })
     }
 
@@ -229,12 +236,16 @@ impl SpliceClient {
 
     /// Join a frozen pair. Returns the timestamp shifts the kernel fixed, which a
     /// peer proxy needs to install the same splice. A `resumable` splice records
-    /// what [`SpliceClient::unsplice`] reports.
-    pub fn splice(&self, id: u32, client: &SpliceSide, backend: &SpliceSide, resumable: bool) -> Result<TsShifts, Error> {
+    /// what [`SpliceClient::unsplice`] reports; with `response_end`, the client's
+    /// next request is held for the proxy (see [`SpliceEntry::next_request`]).
+    pub fn splice(&self, id: u32, client: &SpliceSide, backend: &SpliceSide, resumable: bool, response_end: Option<u64>) -> Result<TsShifts, Error> {
         let mut v = vec![RawAttr::u32(a::ID, id)];
         v.extend(side_attrs(client, backend));
         if resumable {
             v.push(RawAttr::u8(a::RESUMABLE, 1));
+        }
+        if let Some(end) = response_end {
+            v.push(RawAttr::u64(a::RESPONSE_END, end));
         }
         let r = self.genl.one(cmd::SPLICE, &v)?;
         Ok(TsShifts { to_backend: r.u32(a::TS_SHIFT_TO_BACKEND), to_client: r.u32(a::TS_SHIFT_TO_CLIENT) })

@@ -49,6 +49,16 @@ fn respond_error(client: &mut TcpStream, status: u16, reason: &str) {
     let _ = client.shutdown(std::net::Shutdown::Write);
 }
 
+/// A request as read from the client.
+struct Request {
+    /// The head, and whatever of the body came with it.
+    bytes: Vec<u8>,
+    /// The body (if any) came whole with the head, and nothing after it.
+    whole: bool,
+    /// A HEAD request: its response has no body whatever its Content-Length says.
+    head_only: bool,
+}
+
 /// Why a client got no backend.
 enum Refusal {
     Head(HeadError),
@@ -60,9 +70,9 @@ enum Refusal {
 
 impl Proxy {
     /// Read a request head (and whatever body bytes came with it).
-    /// Returns the bytes read, the route's pick, and whether the request's body (if
-    /// any) came whole with the head.
-    fn read_head(&self, client: &mut TcpStream) -> Result<(Vec<u8>, Option<route::Pick>, bool), Refusal> {
+    /// Returns the bytes read, the route's pick, whether the request's body (if
+    /// any) came whole with the head, and whether it is a HEAD request.
+    fn read_head(&self, client: &mut TcpStream) -> Result<(Vec<u8>, Option<route::Pick>, bool, bool), Refusal> {
         let limits = Limits { max_head: self.config.proxy.max_head_bytes, ..Limits::default() };
         // A deadline for the whole head, not each read: a client trickling a byte at
         // a time must not hold a connection slot for ever.
@@ -87,12 +97,17 @@ impl Proxy {
                 Ok(Parsed::Incomplete) => continue,
                 Ok(Parsed::Complete(head)) => {
                     let pick = self.router.pick(head.host, head.path);
+                    // The body (if any) came whole with the head, and nothing after it:
+                    // a request sent along with it (pipelined) goes to the same
+                    // backend, with the rest of the connection.
+                    let after_head = (buf.len() - head.head_len) as u64;
                     let whole = match head.body_kind() {
-                        BodyKind::None => true,
-                        BodyKind::Length(n) => (buf.len() - head.head_len) as u64 >= n,
+                        BodyKind::None => after_head == 0,
+                        BodyKind::Length(n) => after_head == n,
                         BodyKind::Chunked => false,
                     };
-                    return Ok((buf, pick, whole));
+                    let head_only = head.method.as_bytes() == b"HEAD";
+                    return Ok((buf, pick, whole, head_only));
                 }
                 Err(e) => return Err(Refusal::Head(e)),
             }
@@ -112,8 +127,22 @@ impl Proxy {
         None
     }
 
+    /// Serve `client` on a thread of its own, counted in `active` meanwhile.
+    fn spawn_serve(self: &Arc<Self>, client: TcpStream) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let p = self.clone();
+        let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
+            p.serve(client);
+            p.active.fetch_sub(1, Ordering::Relaxed);
+        });
+        if let Err(e) = spawned {
+            eprintln!("lzproxy: no thread for a connection: {e}");
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     fn serve(&self, mut client: TcpStream) {
-        let (request, pick, whole) = match self.read_head(&mut client) {
+        let (request, pick, whole, head_only) = match self.read_head(&mut client) {
             Ok(x) => x,
             Err(Refusal::Head(e)) => return respond_error(&mut client, e.status(), e.reason()),
             Err(Refusal::TimedOut) => return respond_error(&mut client, 408, "Request Timeout"),
@@ -126,7 +155,7 @@ impl Proxy {
                 Some(backend) => {
                     // Only a request the proxy holds whole can be replayed elsewhere.
                     let replayable = (pick.idempotent && whole).then_some(pick.backends);
-                    return self.forward(client, backend, request, replayable);
+                    return self.forward(client, backend, Request { bytes: request, whole, head_only }, replayable);
                 }
             },
         };
@@ -136,43 +165,60 @@ impl Proxy {
         }
     }
 
-    fn forward(&self, mut client: TcpStream, mut backend: TcpStream, request: Vec<u8>, replayable: Option<Vec<std::net::SocketAddr>>) {
+    fn forward(&self, mut client: TcpStream, mut backend: TcpStream, request: Request, replayable: Option<Vec<std::net::SocketAddr>>) {
         let _ = client.set_read_timeout(None);
         let _ = client.set_nodelay(true);
         let _ = backend.set_nodelay(true);
-        if backend.write_all(&request).is_err() {
+        if backend.write_all(&request.bytes).is_err() {
             return respond_error(&mut client, 502, "Bad Gateway");
         }
-        // A resumable splice starts after the response head, which the proxy
-        // passes on itself: the kernel's digest then covers the body alone, which
-        // another backend must reproduce (headers such as Date may differ).
-        let resume = match (&self.splicer, replayable) {
-            (Some(_), Some(backends)) => {
-                let deadline = std::time::Instant::now() + self.config.proxy.header_timeout;
-                let (head, mut read) = match resume::read_response_head(&mut backend, deadline) {
-                    Ok((head, read)) => (Some(head), read),
-                    Err((why, read)) => {
-                        eprintln!("lzproxy: splicing without a resume point: {why}");
-                        (None, read)
+        // For a request it holds whole, the proxy passes the response head on
+        // itself and splices the body: it then knows where the response ends (so
+        // that the next request of the connection comes back to it for routing),
+        // and a resumable splice's digest covers the body alone, which another
+        // backend must reproduce (headers such as Date may differ).
+        let mut resume = None;
+        let mut body_left = None;
+        if self.splicer.is_some() && request.whole {
+            let deadline = std::time::Instant::now() + self.config.proxy.header_timeout;
+            let (head, mut read) = match resume::read_response_head(&mut backend, deadline) {
+                Ok((head, read)) => (Some(head), read),
+                Err((why, read)) => {
+                    eprintln!("lzproxy: splicing without reading the response head: {why}");
+                    (None, read)
+                }
+            };
+            // Whatever was read is the client's.
+            if client.write_all(&read).is_err() {
+                return;
+            }
+            if let Some(h) = head.filter(|h| h.status >= 200 && !h.transfer_encoding) {
+                let passed = (read.len() - h.head_len) as u64;
+                let body = if request.head_only || h.status == 204 || h.status == 304 { Some(0) } else { h.content_length };
+                body_left = body.and_then(|n| n.checked_sub(passed));
+                if let Some(backends) = replayable.filter(|_| passed as usize <= resume::PREFIX_MAX) {
+                    resume = Some(resume::Resume {
+                        request: request.bytes,
+                        backends,
+                        status: h.status,
+                        content_length: h.content_length,
+                        prefix: read.split_off(h.head_len),
+                    });
+                }
+            }
+        }
+        let (client, backend) = match &self.splicer {
+            Some(s) => match s.splice(client, backend, resume, body_left) {
+                Ok(()) => return,
+                Err((c, b, splicer::NotSpliced::EarlyRequest(passed))) => {
+                    // The rest of this response in userspace, then the next
+                    // request as on a new connection.
+                    let left = body_left.unwrap_or(0).saturating_sub(passed);
+                    if relay::copy_exact(b, &c, left).is_ok() {
+                        self.serve(c);
                     }
-                };
-                // Whatever was read is the client's, resumable or not.
-                if client.write_all(&read).is_err() {
                     return;
                 }
-                head.filter(|h| !h.transfer_encoding && read.len() - h.head_len <= resume::PREFIX_MAX).map(|h| resume::Resume {
-                    request,
-                    backends,
-                    status: h.status,
-                    content_length: h.content_length,
-                    prefix: read.split_off(h.head_len),
-                })
-            }
-            _ => None,
-        };
-        let (client, backend) = match &self.splicer {
-            Some(s) => match s.splice(client, backend, resume) {
-                Ok(()) => return,
                 Err((c, b, why)) => {
                     eprintln!("lzproxy: relaying instead of splicing: {why}");
                     s.counts.relayed.fetch_add(1, Ordering::Relaxed);
@@ -262,6 +308,16 @@ fn main() {
     };
     let _ = health_slot.set(health.clone());
     let proxy = Arc::new(Proxy { router, config, splicer, active: AtomicUsize::new(0), via, health });
+    if let Some(s) = &proxy.splicer {
+        // A spliced connection whose next request came back is served like a new
+        // one.
+        let p = Arc::downgrade(&proxy);
+        s.set_next_request(Box::new(move |client| {
+            if let Some(p) = p.upgrade() {
+                p.spawn_serve(client);
+            }
+        }));
+    }
     for conn in listener.incoming() {
         let mut client = match conn {
             Ok(c) => c,
@@ -275,15 +331,6 @@ fn main() {
             respond_error(&mut client, 503, "Service Unavailable");
             continue;
         }
-        proxy.active.fetch_add(1, Ordering::Relaxed);
-        let p = proxy.clone();
-        let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-            p.serve(client);
-            p.active.fetch_sub(1, Ordering::Relaxed);
-        });
-        if let Err(e) = spawned {
-            eprintln!("lzproxy: no thread for a connection: {e}");
-            proxy.active.fetch_sub(1, Ordering::Relaxed);
-        }
+        proxy.spawn_serve(client);
     }
 }

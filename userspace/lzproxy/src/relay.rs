@@ -40,3 +40,22 @@ pub fn relay(client: TcpStream, backend: TcpStream) {
         let _ = h.join();
     }
 }
+
+/// Copy exactly `n` bytes from `from` to `to`, then close `from` (the rest of a
+/// response whose next request came early).
+pub fn copy_exact(mut from: TcpStream, mut to: &TcpStream, n: u64) -> io::Result<()> {
+    let mut left = n;
+    let mut buf = vec![0u8; 65536];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let got = match from.read(&mut buf[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..got])?;
+        left -= got as u64;
+    }
+    Ok(())
+}

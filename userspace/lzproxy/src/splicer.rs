@@ -31,6 +31,11 @@ use std::time::{Duration, Instant};
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 /// How often the reaper looks for ended splices.
 const REAP_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the module is asked for connections whose next request waits, while
+/// there are splices with a response end: a request after a response waits up to
+/// this long. (A small status request each time; faster polling costs a guest with
+/// one virtual CPU a visible share of it.)
+const NEXT_REQUEST_POLL: Duration = Duration::from_millis(50);
 
 /// Why a connection was not spliced (the proxy relays it instead).
 #[derive(Debug)]
@@ -43,6 +48,9 @@ pub enum NotSpliced {
     Unsettled(&'static str),
     /// A socket call failed.
     Io(&'static str, io::Error),
+    /// The client sent its next request before the response was spliced; the
+    /// proxy had passed on this many more body bytes itself.
+    EarlyRequest(u64),
 }
 
 impl std::fmt::Display for NotSpliced {
@@ -52,6 +60,7 @@ impl std::fmt::Display for NotSpliced {
             NotSpliced::Kernel(step, e) => write!(f, "{step}: {e}"),
             NotSpliced::Unsettled(why) => write!(f, "not settled: {why}"),
             NotSpliced::Io(step, e) => write!(f, "{step}: {e}"),
+            NotSpliced::EarlyRequest(_) => write!(f, "the client's next request came before the splice"),
         }
     }
 }
@@ -67,6 +76,8 @@ pub struct Counts {
     pub resumed: AtomicU64,
     /// Connections on a failed backend that could not be carried on (reset).
     pub resume_failed: AtomicU64,
+    /// Connections whose next request came back to the proxy for routing.
+    pub taken_back: AtomicU64,
 }
 
 /// Where a splice in this proxy's kernel came from.
@@ -93,6 +104,9 @@ struct Kept {
     since: Instant,
     /// For a resumable splice: what a replay elsewhere needs.
     resume: Option<Resume>,
+    /// The kernel holds the connection's next request for this proxy once the
+    /// response is done (the splice has a response end).
+    boundary: bool,
 }
 
 pub struct Splicer {
@@ -100,6 +114,10 @@ pub struct Splicer {
     /// Live splices, by their id in this proxy's kernel.
     kept: Mutex<HashMap<u32, Kept>>,
     peers: OnceLock<Arc<Peers>>,
+    /// Where a connection goes whose next request came back to the proxy.
+    next_request: OnceLock<Box<dyn Fn(TcpStream) + Send + Sync>>,
+    /// The module's `next_ready` count at the last look.
+    next_ready_seen: AtomicU64,
     pub counts: Counts,
 }
 
@@ -147,20 +165,30 @@ impl Splicer {
             nl: Mutex::new(SpliceClient::connect()?),
             kept: Mutex::new(HashMap::new()),
             peers: OnceLock::new(),
+            next_request: OnceLock::new(),
+            next_ready_seen: AtomicU64::new(0),
             counts: Counts::default(),
         });
-        let reaper = Arc::downgrade(&s);
+        s.every("next-request", NEXT_REQUEST_POLL, Splicer::take_back_requests)?;
+        s.every("reaper", REAP_INTERVAL, Splicer::reap)?;
+        Ok(s)
+    }
+
+    /// Run `job` every `interval` on a thread named `name`, for as long as the
+    /// splicer lives.
+    fn every(self: &Arc<Self>, name: &str, interval: Duration, job: fn(&Splicer)) -> Result<(), lznl::Error> {
+        let me = Arc::downgrade(self);
         std::thread::Builder::new()
-            .name("reaper".into())
+            .name(name.into())
             .spawn(move || {
-                while let Some(s) = reaper.upgrade() {
-                    s.reap();
+                while let Some(s) = me.upgrade() {
+                    job(&s);
                     drop(s);
-                    std::thread::sleep(REAP_INTERVAL);
+                    std::thread::sleep(interval);
                 }
             })
-            .map_err(|e| lznl::Error::Netlink(format!("reaper thread: {e}")))?;
-        Ok(s)
+            .map(drop)
+            .map_err(|e| lznl::Error::Netlink(format!("{name} thread: {e}")))
     }
 
     fn nl(&self) -> std::sync::MutexGuard<'_, SpliceClient> {
@@ -255,7 +283,7 @@ impl Splicer {
         let r = self.nl().install(&side_of(&state.client), &side_of(&state.backend), shifts);
         match r {
             Ok(local) => {
-                self.kept().insert(local, Kept { _holds: vec![hold], state: *state, origin: Origin::Copy { peer, id, seen: generation }, since: Instant::now(), resume: None });
+                self.kept().insert(local, Kept { _holds: vec![hold], state: *state, origin: Origin::Copy { peer, id, seen: generation }, since: Instant::now(), resume: None, boundary: false });
             }
             Err(e) => eprintln!("lzproxy: copy of peer splice {id}: {e}"),
         }
@@ -311,13 +339,28 @@ impl Splicer {
     /// Splice `client` to `backend`, or say why not. On success the sockets belong
     /// to the splicer; on failure they are handed back, usable for relaying. With
     /// `resume`, the splice is made resumable (see [`crate::resume`]).
-    pub fn splice(&self, client: TcpStream, backend: TcpStream, resume: Option<Resume>) -> Result<(), (TcpStream, TcpStream, NotSpliced)> {
-        self.join(None, client, backend, resume)
+    /// `body_left` is how much of the response body is still to come, when the
+    /// proxy read the response head: the connection's next request then comes
+    /// back to the proxy (see [`Splicer::set_next_request`]).
+    pub fn splice(&self, client: TcpStream, backend: TcpStream, resume: Option<Resume>, body_left: Option<u64>) -> Result<(), (TcpStream, TcpStream, NotSpliced)> {
+        self.join(None, client, backend, resume, body_left)
+    }
+
+    /// Hand connections whose next request came back to the proxy to `serve`.
+    pub fn set_next_request(&self, serve: Box<dyn Fn(TcpStream) + Send + Sync>) {
+        let _ = self.next_request.set(serve);
     }
 
     /// Freeze, settle and splice a pair; `again` is the id under which `unsplice`
     /// left the client connection frozen, when this is a re-splice.
-    fn join(&self, again: Option<u32>, mut client: TcpStream, mut backend: TcpStream, mut resume: Option<Resume>) -> Result<(), (TcpStream, TcpStream, NotSpliced)> {
+    fn join(
+        &self,
+        again: Option<u32>,
+        mut client: TcpStream,
+        mut backend: TcpStream,
+        mut resume: Option<Resume>,
+        body_left: Option<u64>,
+    ) -> Result<(), (TcpStream, TcpStream, NotSpliced)> {
         let ends_of = |c: &TcpStream, b: &TcpStream| -> Result<_, NotSpliced> { Ok((ends(c)?, ends(b)?)) };
         let (c_ends, b_ends) = match ends_of(&client, &backend) {
             Ok(x) => x,
@@ -340,10 +383,11 @@ impl Splicer {
             Ok(id) => id,
             Err(e) => return Err((client, backend, NotSpliced::Kernel("pre-splice", e))),
         };
-        match self.settle_and_splice(id, &mut client, &mut backend, c_ends, b_ends, &mut resume) {
+        let boundary = body_left.is_some() && self.next_request.get().is_some();
+        match self.settle_and_splice(id, &mut client, &mut backend, [c_ends, b_ends], &mut resume, body_left.filter(|_| boundary)) {
             Ok(state) => {
                 self.counts.spliced.fetch_add(1, Ordering::Relaxed);
-                self.kept().insert(id, Kept { _holds: vec![client.into(), backend.into()], state, origin: Origin::Own, since: Instant::now(), resume });
+                self.kept().insert(id, Kept { _holds: vec![client.into(), backend.into()], state, origin: Origin::Own, since: Instant::now(), resume, boundary });
                 if let Some(p) = self.peers.get() {
                     p.announce(id, &state);
                 }
@@ -366,20 +410,28 @@ impl Splicer {
         id: u32,
         client: &mut TcpStream,
         backend: &mut TcpStream,
-        c_ends: (SocketAddrV4, SocketAddrV4),
-        b_ends: (SocketAddrV4, SocketAddrV4),
+        [c_ends, b_ends]: [(SocketAddrV4, SocketAddrV4); 2],
         resume: &mut Option<Resume>,
+        body_left: Option<u64>,
     ) -> Result<SpliceState, NotSpliced> {
         // A peer that stops taking bytes while settling must not hang the proxy.
         for s in [&*client, &*backend] {
             s.set_write_timeout(Some(SETTLE_LIMIT)).map_err(|e| NotSpliced::Io("write timeout", e))?;
         }
         let start = Instant::now();
+        let mut passed = 0u64;
         loop {
             // Response bytes the proxy passes on itself belong to a resumable
             // splice's prefix: the kernel's digest starts after them.
-            let moved = drain(client, backend, None)? + drain(backend, client, resume.as_mut().map(|r| &mut r.prefix))?;
-            self.counts.settle_bytes.fetch_add(moved, Ordering::Relaxed);
+            // With a response end, client bytes are the next request, which is
+            // routed on its own: never passed to this backend.
+            if body_left.is_some() && sockopt::unread(client).map_err(|e| NotSpliced::Io("SIOCINQ", e))? > 0 {
+                return Err(NotSpliced::EarlyRequest(passed));
+            }
+            let up = if body_left.is_some() { 0 } else { drain(client, backend, None)? };
+            let down = drain(backend, client, resume.as_mut().map(|r| &mut r.prefix))?;
+            passed += down;
+            self.counts.settle_bytes.fetch_add(up + down, Ordering::Relaxed);
             if resume.as_ref().is_some_and(|r| r.prefix.len() > resume::PREFIX_MAX) {
                 *resume = None;
             }
@@ -409,8 +461,103 @@ impl Splicer {
             sack: s.sack,
         };
         let (cs, bs) = (side(c_ends, c), side(b_ends, b));
-        let shifts = self.nl().splice(id, &cs, &bs, resume.is_some()).map_err(|e| NotSpliced::Kernel("splice", e))?;
+        // More than the rest of the body passed: not the response the head told of.
+        let response_end = body_left.and_then(|left| left.checked_sub(passed));
+        let shifts = self.nl().splice(id, &cs, &bs, resume.is_some(), response_end).map_err(|e| NotSpliced::Kernel("splice", e))?;
         Ok(SpliceState { client: side_state(&cs), backend: side_state(&bs), shifts: [shifts.to_backend, shifts.to_client] })
+    }
+
+    /// Find the splices whose next request waits for this proxy (the response is
+    /// done) and take each connection back.
+    fn take_back_requests(&self) {
+        if !self.kept().values().any(|k| k.boundary) {
+            return;
+        }
+        // A small status request each time; the listing only when a splice became
+        // ready since the last look.
+        let Ok(now) = self.nl().status().map(|s| s.next_ready) else { return };
+        if self.next_ready_seen.swap(now, Ordering::Relaxed) == now {
+            return;
+        }
+        let ready: Vec<u32> = match self.nl().list() {
+            Ok(l) => l.into_iter().filter(|e| e.next_request == 2).map(|e| e.id).collect(),
+            Err(_) => return,
+        };
+        for id in ready {
+            if let Err(why) = self.take_back(id) {
+                eprintln!("lzproxy: splice {id}: next request: {why}");
+            }
+        }
+    }
+
+    /// The response of splice `id` is done and the client sent its next request,
+    /// which the module holds: take the splice apart, rebuild the client
+    /// connection at its numbers, reset the backend connection (its response is
+    /// over), and let the held request reach the rebuilt socket, which then goes
+    /// through routing like a new connection.
+    fn take_back(&self, id: u32) -> Result<(), String> {
+        let kept = {
+            let mut k = self.kept();
+            match k.get(&id) {
+                Some(e) if e.boundary && e.origin == Origin::Own => k.remove(&id),
+                _ => None,
+            }
+        };
+        let Some(kept) = kept else { return Ok(()) };
+        if let Some(p) = self.peers.get() {
+            p.ended(id);
+        }
+        let Kept { _holds: holds, state, .. } = kept;
+        let mut socks = holds.into_iter().map(TcpStream::from);
+        let (Some(old_client), Some(old_backend)) = (socks.next(), socks.next()) else {
+            let _ = self.nl().abort(id);
+            return Err("no sockets kept".into());
+        };
+        let read = |s: &TcpStream| sockopt::repair_mss_and_window(s).map_err(|e| format!("reading a socket: {e}"));
+        let ((c_mss, c_wnd), (b_mss, b_wnd)) = match (read(&old_client), read(&old_backend)) {
+            (Ok(c), Ok(b)) => (c, b),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = self.nl().abort(id);
+                return Err(e);
+            }
+        };
+        let (point, _flags) = self.nl().unsplice(id).map_err(|e| format!("unsplice: {e}"))?;
+        let at = |side: &lazarus_proto::splice::Side, snd: u64, rcv: u64, mss: u32, rcv_wnd: u32, ts: Option<u32>| sockopt::Rebuild {
+            local: endpoint(side.local),
+            remote: endpoint(side.remote),
+            snd_nxt: side.snd_nxt.0.wrapping_add(snd as u32),
+            rcv_nxt: side.rcv_nxt.0.wrapping_add(rcv as u32),
+            mss,
+            peer_wscale: side.peer_wscale,
+            own_wscale: side.own_wscale,
+            sack: side.sack,
+            ts_start: ts,
+            snd_wnd: mss.max(point.client_window),
+            rcv_wnd,
+        };
+        let (c, b) = (&state.client, &state.backend);
+        drop(old_client);
+        let client = match sockopt::rebuild(&at(c, point.acked, 0, c_mss, c_wnd, c.ts_now.map(|now| point.to_client_tsval.unwrap_or(now).wrapping_add(1)))) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.nl().abort(id);
+                return Err(format!("rebuilding the client connection: {e}"));
+            }
+        };
+        // The backend connection ends with a reset at exactly the number the
+        // backend expects (a reset is exempt from the timestamp check).
+        drop(old_backend);
+        if let Ok(s) = sockopt::rebuild(&at(b, point.client_sent, point.sent, b_mss, b_wnd, b.ts_now)) {
+            sockopt::reset(s);
+        }
+        // The held request goes to the rebuilt socket.
+        let _ = self.nl().abort(id);
+        self.counts.taken_back.fetch_add(1, Ordering::Relaxed);
+        match self.next_request.get() {
+            Some(serve) => serve(client),
+            None => sockopt::reset(client),
+        }
+        Ok(())
     }
 
     /// Backend `down` failed: carry each of this proxy's splices on it on
@@ -538,7 +685,7 @@ impl Splicer {
         );
         // A connection is resumed once: its body before this splice is no longer
         // all at hand.
-        match self.join(Some(id), client, replayed.backend, None) {
+        match self.join(Some(id), client, replayed.backend, None, None) {
             Ok(()) => Ok(()),
             Err((client, backend, why)) => {
                 // Still a good connection: relay it rather than lose it.
