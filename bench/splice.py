@@ -202,8 +202,10 @@ def backend_failover():
         time.sleep(1.0)
         b1.fence()
         out, _ = reader.communicate(timeout=120)
-        got, gap, took = out.split()
         log = proxy.out("cat /tmp/lzproxy.log")
+        if len(out.split()) != 3:
+            raise AssertionError(f"the download failed; proxy log:\n{log}")
+        got, gap, took = out.split()
     if int(got) < n or "replayed on" not in log:
         raise AssertionError(f"the download got {got} of {n} bytes; proxy log:\n{log}")
     checked = int(log.split("replayed on", 1)[1].split("(", 1)[1].split()[0])

@@ -82,14 +82,19 @@ impl Proxy {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Err(Refusal::TimedOut);
+                return Err(if buf.is_empty() { Refusal::Vanished } else { Refusal::TimedOut });
             }
             client.set_read_timeout(Some(left)).map_err(|_| Refusal::Vanished)?;
             let n = match client.read(&mut chunk) {
                 Ok(0) => return Err(Refusal::Vanished),
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Err(Refusal::TimedOut),
+                // Nothing at all within the timeout: an idle connection (a
+                // keep-alive one between requests) is closed without a word; half
+                // a head gets 408.
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(if buf.is_empty() { Refusal::Vanished } else { Refusal::TimedOut })
+                }
                 Err(_) => return Err(Refusal::Vanished),
             };
             buf.extend_from_slice(&chunk[..n]);
@@ -141,12 +146,29 @@ impl Proxy {
         }
     }
 
-    fn serve(&self, mut client: TcpStream) {
+    /// Serve a connection's requests: each is routed and forwarded, until one is
+    /// spliced or relayed for good (or the client goes).
+    fn serve(&self, client: TcpStream) {
+        let mut next = Some(client);
+        while let Some(client) = next {
+            next = self.serve_one(client);
+        }
+    }
+
+    /// Serve one request; returns the connection when the proxy is to read the next
+    /// request on it itself.
+    fn serve_one(&self, mut client: TcpStream) -> Option<TcpStream> {
         let (request, pick, whole, head_only) = match self.read_head(&mut client) {
             Ok(x) => x,
-            Err(Refusal::Head(e)) => return respond_error(&mut client, e.status(), e.reason()),
-            Err(Refusal::TimedOut) => return respond_error(&mut client, 408, "Request Timeout"),
-            Err(_) => return,
+            Err(Refusal::Head(e)) => {
+                respond_error(&mut client, e.status(), e.reason());
+                return None;
+            }
+            Err(Refusal::TimedOut) => {
+                respond_error(&mut client, 408, "Request Timeout");
+                return None;
+            }
+            Err(_) => return None,
         };
         let refusal = match pick {
             None => Refusal::NoRoute,
@@ -163,14 +185,18 @@ impl Proxy {
             Refusal::NoRoute => respond_error(&mut client, 404, "Not Found"),
             _ => respond_error(&mut client, 502, "Bad Gateway"),
         }
+        None
     }
 
-    fn forward(&self, mut client: TcpStream, mut backend: TcpStream, request: Request, replayable: Option<Vec<std::net::SocketAddr>>) {
+    /// Forward a request and what follows; returns the connection when its next
+    /// request is for the proxy to read.
+    fn forward(&self, mut client: TcpStream, mut backend: TcpStream, request: Request, replayable: Option<Vec<std::net::SocketAddr>>) -> Option<TcpStream> {
         let _ = client.set_read_timeout(None);
         let _ = client.set_nodelay(true);
         let _ = backend.set_nodelay(true);
         if backend.write_all(&request.bytes).is_err() {
-            return respond_error(&mut client, 502, "Bad Gateway");
+            respond_error(&mut client, 502, "Bad Gateway");
+            return None;
         }
         // For a request it holds whole, the proxy passes the response head on
         // itself and splices the body: it then knows where the response ends (so
@@ -190,12 +216,19 @@ impl Proxy {
             };
             // Whatever was read is the client's.
             if client.write_all(&read).is_err() {
-                return;
+                return None;
             }
             if let Some(h) = head.filter(|h| h.status >= 200 && !h.transfer_encoding) {
                 let passed = (read.len() - h.head_len) as u64;
                 let body = if request.head_only || h.status == 204 || h.status == 304 { Some(0) } else { h.content_length };
                 body_left = body.and_then(|n| n.checked_sub(passed));
+                if body_left == Some(0) {
+                    // The whole response went through the proxy already: nothing to
+                    // splice. The backend connection ends here and the client's
+                    // next request (if any) is served like a new connection's.
+                    drop(backend);
+                    return Some(client);
+                }
                 if let Some(backends) = replayable.filter(|_| passed as usize <= resume::PREFIX_MAX) {
                     resume = Some(resume::Resume {
                         request: request.bytes,
@@ -209,15 +242,12 @@ impl Proxy {
         }
         let (client, backend) = match &self.splicer {
             Some(s) => match s.splice(client, backend, resume, body_left) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err((c, b, splicer::NotSpliced::EarlyRequest(passed))) => {
                     // The rest of this response in userspace, then the next
                     // request as on a new connection.
                     let left = body_left.unwrap_or(0).saturating_sub(passed);
-                    if relay::copy_exact(b, &c, left).is_ok() {
-                        self.serve(c);
-                    }
-                    return;
+                    return relay::copy_exact(b, &c, left).is_ok().then_some(c);
                 }
                 Err((c, b, why)) => {
                     eprintln!("lzproxy: relaying instead of splicing: {why}");
@@ -228,6 +258,7 @@ impl Proxy {
             None => (client, backend),
         };
         relay::relay(client, backend);
+        None
     }
 }
 
