@@ -5,7 +5,10 @@
 //! queued, the original consumed) until the splice is set up or the freeze undone;
 //! pure ACKs and RSTs go on to the proxy's sockets. A segment of a spliced pair is
 //! rewritten into a segment of the other connection and sent as this host's own
-//! output; it never reaches the proxy's sockets. Everything else passes untouched,
+//! output; it never reaches the proxy's sockets. When the proxy told the module where
+//! the response ends, client data after the request (the next request) is held
+//! instead, for the proxy to route. A resumable splice's response bytes are digested
+//! here as they pass. Everything else passes untouched,
 //! after one atomic load when nothing is spliced.
 
 use super::lzk::netfilter::{Hook, HookHandler, Verdict};
