@@ -332,7 +332,11 @@ impl Control {
                 m.put_u32(a::RESUME_CLIENT_TSVAL, v)?;
             }
             m.put_u64(a::RESUME_DIGEST, r.digest)?;
-            m.put_u8(a::RESUME_BROKEN, r.broken as u8)
+            m.put_u8(a::RESUME_BROKEN, r.broken as u8)?;
+            m.put_u64(a::RESUME_AHEAD_START, r.ahead_start)?;
+            m.put_u64(a::RESUME_AHEAD_END, r.ahead_end)?;
+            m.put_u64(a::RESUME_AHEAD_DIGEST, r.ahead_digest)?;
+            m.put_u8(a::RESUME_SCATTERED, r.scattered as u8)
         })
     }
 

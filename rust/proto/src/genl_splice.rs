@@ -88,7 +88,7 @@ pub mod splice_attr {
     pub const RESUMABLE: u16 = 32;
     /// Response bytes forwarded in order from the splice point, all covered by resume-digest (0 for a splice that is not resumable).
     pub const RESUME_HASHED: u16 = 33;
-    /// One past the last response byte forwarded (above resume-hashed when bytes past a hole were forwarded).
+    /// One past the last response byte forwarded (above resume-hashed when bytes past a hole were forwarded; see resume-ahead-start).
     pub const RESUME_SENT: u16 = 34;
     /// Response bytes the client acknowledged.
     pub const RESUME_ACKED: u16 = 35;
@@ -108,7 +108,15 @@ pub mod splice_attr {
     pub const NEXT_READY: u16 = 42;
     /// The response ends this many bytes after the splice point, and the proxy routes each request of the connection itself: client data after the request is then held for the proxy (up to 64 segments) instead of going to this backend, and the entry shows next-request 2 once the client also acknowledged the whole response.
     pub const RESPONSE_END: u16 = 43;
-    pub const MAX: u16 = 43;
+    /// Response bytes from here to resume-ahead-end were forwarded past a hole after resume-hashed (a backend segment lost or reordered before the proxy): the client may hold them out of order. Equal to resume-ahead-end (0) when there is no such run.
+    pub const RESUME_AHEAD_START: u16 = 44;
+    /// One past the last byte of the run that resume-ahead-start begins.
+    pub const RESUME_AHEAD_END: u16 = 45;
+    /// The first 8 bytes of the SHA-256 of the run's bytes, big-endian (0 without one).
+    pub const RESUME_AHEAD_DIGEST: u16 = 46;
+    /// 1 if bytes were forwarded past a second hole: not every byte the client may hold is digested, and the connection cannot be resumed.
+    pub const RESUME_SCATTERED: u16 = 47;
+    pub const MAX: u16 = 47;
 }
 
 /// Attributes of the `stats` set.
@@ -221,6 +229,10 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: splice_attr::FLAGS, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::NEXT_READY, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
     AttrPolicy { id: splice_attr::RESPONSE_END, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_AHEAD_START, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_AHEAD_END, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_AHEAD_DIGEST, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
+    AttrPolicy { id: splice_attr::RESUME_SCATTERED, kind: AttrKind::U8, min: None, max: None, max_len: 0 },
 ];
 
 /// Command numbers.

@@ -284,12 +284,16 @@ pub struct Splice {
 /// # Invariants
 ///
 /// `digest`, when present, covers exactly the response bytes `[0, hashed)`
-/// (offsets from the backend side's `rcv_nxt`); `hashed <= sent`; `broken` once set
-/// stays set.
+/// (offsets from the backend side's `rcv_nxt`); `ahead`, only with a digest, covers
+/// `[start, end)` with `hashed <= start < end <= sent`; `hashed <= sent`; `broken` and
+/// `scattered` once set stay set; without `scattered`, every response byte forwarded
+/// is in `[0, hashed)` or in `ahead`'s range.
 #[derive(Clone, Copy)]
 struct Track {
     digest: Option<Sha256>,
     hashed: u64,
+    ahead: Option<Ahead>,
+    scattered: bool,
     sent: u64,
     acked: u64,
     client_sent: u64,
@@ -298,11 +302,30 @@ struct Track {
     broken: bool,
 }
 
+/// Response bytes forwarded past a hole in the digested prefix (a backend segment
+/// lost or reordered on its way to the proxy): the client may hold them out of
+/// order, so they get a digest of their own. One such run is kept; bytes past a
+/// second hole make the splice unresumable.
+#[derive(Clone, Copy)]
+struct Ahead {
+    start: u64,
+    end: u64,
+    digest: Sha256,
+}
+
+impl Ahead {
+    fn view(&self) -> (u64, u64, u64) {
+        (self.start, self.end, digest64(self.digest))
+    }
+}
+
 impl PartialEq for Track {
     fn eq(&self, o: &Self) -> bool {
         (self.hashed, self.sent, self.acked, self.client_sent, self.client_window, self.to_client_tsval, self.broken)
             == (o.hashed, o.sent, o.acked, o.client_sent, o.client_window, o.to_client_tsval, o.broken)
             && self.digest.map(digest64) == o.digest.map(digest64)
+            && self.ahead.map(|a| a.view()) == o.ahead.map(|a| a.view())
+            && self.scattered == o.scattered
     }
 }
 
@@ -344,8 +367,16 @@ pub struct ResumePoint {
     pub to_client_tsval: Option<u32>,
     /// [`digest64`] of the first `hashed` response bytes.
     pub digest: u64,
+    /// Response bytes `[ahead_start, ahead_end)` were forwarded past a hole after
+    /// `hashed` (empty when `ahead_end == ahead_start`): the client may hold them
+    /// out of order. `ahead_digest` is their [`digest64`].
+    pub ahead_start: u64,
+    pub ahead_end: u64,
+    pub ahead_digest: u64,
     /// A response byte could not be read for the digest.
     pub broken: bool,
+    /// Bytes were forwarded past a second hole: not all of them are digested.
+    pub scattered: bool,
 }
 
 /// Why a failed backend's connection cannot be carried on elsewhere.
@@ -358,8 +389,8 @@ pub enum NotResumable {
     /// The client sent more after the request (another request, a body, a FIN): the
     /// proxy cannot replay what it never saw.
     ClientSent,
-    /// Bytes were forwarded out of order past a hole that was never filled: the
-    /// client may hold bytes the digest does not cover.
+    /// Bytes were forwarded past more than one hole: the client may hold bytes no
+    /// digest covers.
     Gap,
     /// The backend finished (FIN) or a peer reset: nothing is left to resume.
     Ended,
@@ -372,7 +403,7 @@ impl NotResumable {
             NotResumable::Untracked => "the splice was not made resumable",
             NotResumable::Broken => "a response byte could not be read for the digest",
             NotResumable::ClientSent => "the client sent more after the request",
-            NotResumable::Gap => "bytes past a hole were forwarded",
+            NotResumable::Gap => "bytes past more than one hole were forwarded",
             NotResumable::Ended => "the backend finished or a peer reset",
         }
     }
@@ -394,7 +425,7 @@ impl ResumePoint {
         if self.client_sent > 0 || flags & FLAG_CLIENT_FIN != 0 {
             return Err(NotResumable::ClientSent);
         }
-        if self.sent != self.hashed {
+        if self.scattered {
             return Err(NotResumable::Gap);
         }
         Ok(())
@@ -426,7 +457,18 @@ impl Splice {
             fin_acked: [false; 2],
             reset: false,
             counters: [Counters::default(); 2],
-            track: Track { digest: None, hashed: 0, sent: 0, acked: 0, client_sent: 0, client_window: 0, to_client_tsval: None, broken: false },
+            track: Track {
+                digest: None,
+                hashed: 0,
+                ahead: None,
+                scattered: false,
+                sent: 0,
+                acked: 0,
+                client_sent: 0,
+                client_window: 0,
+                to_client_tsval: None,
+                broken: false,
+            },
             response_end: None,
         })
     }
@@ -484,44 +526,89 @@ impl Splice {
             client_window: t.client_window,
             to_client_tsval: t.to_client_tsval,
             digest: t.digest.map(digest64).unwrap_or(0),
+            ahead_start: t.ahead.map_or(0, |a| a.start),
+            ahead_end: t.ahead.map_or(0, |a| a.end),
+            ahead_digest: t.ahead.map_or(0, |a| digest64(a.digest)),
             broken: t.broken,
+            scattered: t.scattered,
         }
     }
 
     /// Digest the new response bytes a backend segment carries, if the splice is
     /// resumable. `read(offset, buf)` copies payload bytes from `offset` into `buf`
-    /// and says whether it could. Bytes arriving past a hole are not digested (the
-    /// resume point then shows the gap); bytes before the digested end are
-    /// retransmissions and already in.
+    /// and says whether it could. Bytes that continue the digested prefix go into
+    /// its digest; bytes past a hole start (or continue) the one run digested on its
+    /// own; bytes already in are retransmissions. Bytes past a second hole leave the
+    /// splice scattered (not resumable).
     pub fn track_response(&mut self, p: &Ipv4Tcp, mut read: impl FnMut(usize, &mut [u8]) -> bool) {
         let base = self.backend.rcv_nxt;
         let t = &mut self.track;
         let len = p.payload_len() as i64;
-        let Some(digest) = t.digest.as_mut() else { return };
-        if len == 0 || t.broken {
+        if t.digest.is_none() || len == 0 || t.broken {
             return;
         }
-        // Where the segment starts relative to the digested end; within 2 GiB
-        // either way, as TCP's windows are.
-        let at = p.tcp.seq.diff(base.add(t.hashed as u32)) as i64;
+        // The segment's bytes as offsets from the splice point. Its start is taken
+        // relative to the digested end (within 2 GiB either way, as TCP's windows
+        // are), so that responses past 4 GiB are placed right too.
+        let at = t.hashed as i64 + p.tcp.seq.diff(base.add(t.hashed as u32)) as i64;
         let end = at + len;
-        if end > 0 {
-            t.sent = t.sent.max(t.hashed + end as u64);
-        }
-        if at > 0 || end <= 0 {
+        if end <= t.hashed as i64 {
             return;
         }
-        let mut off = (-at) as usize;
-        let mut buf = [0u8; TRACK_CHUNK];
-        while off < len as usize {
-            let n = (len as usize - off).min(TRACK_CHUNK);
-            if !read(off, &mut buf[..n]) {
-                t.broken = true;
-                return;
+        t.sent = t.sent.max(end as u64);
+        let mut digest_range = |d: &mut Sha256, from: u64, to: u64| -> bool {
+            // `from` and `to` lie within the segment: `at <= from < to <= end`.
+            let mut off = (from as i64 - at) as usize;
+            let stop = (to as i64 - at) as usize;
+            let mut buf = [0u8; TRACK_CHUNK];
+            while off < stop {
+                let n = (stop - off).min(TRACK_CHUNK);
+                if !read(off, &mut buf[..n]) {
+                    return false;
+                }
+                d.update(&buf[..n]);
+                off += n;
             }
-            digest.update(&buf[..n]);
-            t.hashed += n as u64;
-            off += n;
+            true
+        };
+        let (at, end) = (at.max(0) as u64, end as u64);
+        // 1. The part that continues the prefix, up to the run ahead if any.
+        if at <= t.hashed {
+            let to = t.ahead.map_or(end, |a| end.min(a.start));
+            if to > t.hashed {
+                let Some(d) = t.digest.as_mut() else { return };
+                if !digest_range(d, t.hashed, to) {
+                    t.broken = true;
+                    return;
+                }
+                t.hashed = to;
+            }
+        }
+        // 2. The part that continues the run ahead, or starts it.
+        match t.ahead.as_mut() {
+            Some(a) if at <= a.end && end > a.end => {
+                if !digest_range(&mut a.digest, a.end, end) {
+                    t.broken = true;
+                    return;
+                }
+                a.end = end;
+            }
+            None if at > t.hashed => {
+                let mut d = Sha256::new();
+                if !digest_range(&mut d, at, end) {
+                    t.broken = true;
+                    return;
+                }
+                t.ahead = Some(Ahead { start: at, end, digest: d });
+            }
+            _ => {}
+        }
+        // 3. Anything of the segment outside both digested ranges was forwarded
+        // past a second hole.
+        let first_open = at.max(t.hashed);
+        let covered = end <= t.hashed || t.ahead.is_some_and(|a| first_open >= a.start && end <= a.end);
+        if !covered {
+            t.scattered = true;
         }
     }
 
@@ -1068,21 +1155,74 @@ mod tests {
     }
 
     #[test]
-    fn a_hole_a_client_byte_or_an_end_makes_a_splice_unresumable() {
+    fn bytes_past_one_hole_get_a_digest_of_their_own() {
+        let (c, b) = sides();
+        let body: Vec<u8> = (0..600u32).map(|i| (i * 13 + 5) as u8).collect();
+        let digest = |r: core::ops::Range<usize>| {
+            let mut d = Sha256::new();
+            d.update(&body[r]);
+            digest64(d)
+        };
+        let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+        sp.make_resumable();
+        forward_tracked(&mut sp, &from_backend(70_000, &body[..100]));
+        // [100, 200) is lost on the way; the next segments go on to the client.
+        forward_tracked(&mut sp, &from_backend(70_200, &body[200..300]));
+        forward_tracked(&mut sp, &from_backend(70_300, &body[300..350]));
+        let r = sp.resume_point();
+        assert_eq!((r.hashed, r.ahead_start, r.ahead_end, r.sent), (100, 200, 350, 350));
+        assert_eq!((r.digest, r.ahead_digest), (digest(0..100), digest(200..350)));
+        assert_eq!(r.check(sp.flags()), Ok(()), "the backend may die before it fills the hole");
+        // The hole filled by a retransmission that overlaps both sides: the prefix
+        // stops where the run begins, which goes on alone.
+        forward_tracked(&mut sp, &from_backend(70_090, &body[90..220]));
+        forward_tracked(&mut sp, &from_backend(70_340, &body[340..400]));
+        // A retransmission of bytes in the run changes nothing.
+        forward_tracked(&mut sp, &from_backend(70_250, &body[250..300]));
+        let r = sp.resume_point();
+        assert_eq!((r.hashed, r.ahead_start, r.ahead_end, r.sent), (200, 200, 400, 400));
+        assert_eq!((r.digest, r.ahead_digest), (digest(0..200), digest(200..400)));
+        assert_eq!(r.check(sp.flags()), Ok(()));
+    }
+
+    #[test]
+    fn bytes_past_a_second_hole_make_a_splice_unresumable() {
+        let (c, b) = sides();
+        let fresh = || {
+            let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+            sp.make_resumable();
+            forward_tracked(&mut sp, &from_backend(70_000, &[1; 100]));
+            forward_tracked(&mut sp, &from_backend(70_200, &[3; 100]));
+            sp
+        };
+        // Past the run's end.
+        let mut sp = fresh();
+        forward_tracked(&mut sp, &from_backend(70_400, &[5; 100]));
+        assert_eq!(sp.resume_point().check(sp.flags()), Err(NotResumable::Gap));
+        // The hole after it filled later does not undo it: the run has those bytes
+        // now, but the client may hold the ones past it from before.
+        forward_tracked(&mut sp, &from_backend(70_300, &[4; 100]));
+        let r = sp.resume_point();
+        assert_eq!((r.ahead_end, r.sent, r.scattered), (400, 500, true));
+        assert_eq!(r.check(sp.flags()), Err(NotResumable::Gap));
+        // Inside the first hole without touching the prefix.
+        let mut sp = fresh();
+        forward_tracked(&mut sp, &from_backend(70_150, &[2; 20]));
+        assert_eq!(sp.resume_point().check(sp.flags()), Err(NotResumable::Gap));
+        // Inside the first hole and on into the run: its start is not in a digest.
+        let mut sp = fresh();
+        forward_tracked(&mut sp, &from_backend(70_150, &[2; 200]));
+        assert_eq!(sp.resume_point().check(sp.flags()), Err(NotResumable::Gap));
+    }
+
+    #[test]
+    fn a_client_byte_or_an_end_makes_a_splice_unresumable() {
         let (c, b) = sides();
         let fresh = || {
             let mut sp = Splice::new(c, b, [None; 2]).unwrap();
             sp.make_resumable();
             sp
         };
-        // Bytes past a hole: the hole filled later still leaves them undigested.
-        let mut sp = fresh();
-        forward_tracked(&mut sp, &from_backend(70_000, &[1; 100]));
-        forward_tracked(&mut sp, &from_backend(70_200, &[3; 100]));
-        forward_tracked(&mut sp, &from_backend(70_100, &[2; 100]));
-        let r = sp.resume_point();
-        assert_eq!((r.hashed, r.sent), (200, 300));
-        assert_eq!(r.check(sp.flags()), Err(NotResumable::Gap));
         // A second request (or a body) from the client.
         let mut sp = fresh();
         forward_tracked(&mut sp, &Seg { src: CLIENT, dst: PROXY, seq: 5000, ack: 1000, flags: 0x18, window: 100, options: &[], payload: b"GET /" });
@@ -1183,6 +1323,45 @@ mod tests {
                 // Byte rcv_nxt of the arriving side is byte snd_nxt of the leaving one.
                 prop_assert_eq!(p.tcp.seq.diff(to.snd_nxt), Seq(seq).diff(from.rcv_nxt));
                 prop_assert_eq!(p.tcp.ack.diff(to.rcv_nxt), Seq(ack).diff(from.snd_nxt));
+            }
+
+            /// Whatever reaches the proxy of a response, in whatever order and
+            /// however cut (losses, reordering, retransmissions): a resume point that
+            /// says the splice can be resumed has digests of exactly the bytes at
+            /// their places, and every byte forwarded lies in a digested range.
+            #[test]
+            fn a_resumable_point_covers_every_forwarded_byte(
+                cuts in proptest::collection::vec((0usize..900, 1usize..200), 1..12),
+            ) {
+                let body: Vec<u8> = (0..1100u32).map(|i| (i * 31 + (i >> 4)) as u8).collect();
+                let (c, b) = sides();
+                let mut sp = Splice::new(c, b, [None; 2]).unwrap();
+                sp.make_resumable();
+                let mut forwarded = vec![false; body.len()];
+                for &(at, len) in &cuts {
+                    let end = (at + len).min(body.len());
+                    forward_tracked(&mut sp, &from_backend(70_000 + at as u32, &body[at..end]));
+                    forwarded[at..end].iter_mut().for_each(|f| *f = true);
+                }
+                let r = sp.resume_point();
+                let last = forwarded.iter().rposition(|&f| f).map_or(0, |i| i + 1);
+                prop_assert_eq!(r.sent, last as u64);
+                if r.check(sp.flags()).is_ok() {
+                    let (h, s, e) = (r.hashed as usize, r.ahead_start as usize, r.ahead_end as usize);
+                    let mut d = Sha256::new();
+                    d.update(&body[..h]);
+                    prop_assert_eq!(r.digest, digest64(d));
+                    prop_assert!(forwarded[..h].iter().all(|&f| f), "the prefix is what was forwarded");
+                    if e > s {
+                        let mut d = Sha256::new();
+                        d.update(&body[s..e]);
+                        prop_assert_eq!(r.ahead_digest, digest64(d));
+                        prop_assert!(h <= s && forwarded[s..e].iter().all(|&f| f));
+                    }
+                    for (i, &f) in forwarded.iter().enumerate() {
+                        prop_assert!(!f || i < h || (s..e).contains(&i), "byte {} forwarded but in no digest", i);
+                    }
+                }
             }
         }
     }

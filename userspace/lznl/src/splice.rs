@@ -279,6 +279,10 @@ impl SpliceClient {
             to_client_tsval: r.u32(a::RESUME_CLIENT_TSVAL),
             digest: need(a::RESUME_DIGEST, "resume-digest")?,
             broken: r.u8(a::RESUME_BROKEN).ok_or(Error::Reply("resume-broken"))? != 0,
+            ahead_start: need(a::RESUME_AHEAD_START, "resume-ahead-start")?,
+            ahead_end: need(a::RESUME_AHEAD_END, "resume-ahead-end")?,
+            ahead_digest: need(a::RESUME_AHEAD_DIGEST, "resume-ahead-digest")?,
+            scattered: r.u8(a::RESUME_SCATTERED).ok_or(Error::Reply("resume-scattered"))? != 0,
         };
         Ok((point, r.u8(a::FLAGS).ok_or(Error::Reply("flags"))?))
     }

@@ -18,7 +18,11 @@
 //! 4. sends the client the bytes from its acknowledgment on, and splices the new
 //!    backend connection to the rebuilt client connection.
 //!
-//! Anything that does not hold (the client sent more, a hole in what was forwarded,
+//! Bytes forwarded past a hole (a segment lost on its way from the failed backend)
+//! have a digest of their own, checked the same way; the client may hold them out
+//! of order, and the bytes resent from its acknowledgment on fill the hole.
+//!
+//! Anything that does not hold (the client sent more, bytes past a second hole,
 //! another response) resets the client connection: a client may lose a connection,
 //! never receive wrong bytes.
 
@@ -152,8 +156,9 @@ fn check_response(r: &Resume, point: &ResumePoint, mut backend: TcpStream, deadl
         ));
     }
     // The body up to what the client may have: the proxy's own prefix, then the
-    // bytes the kernel digested.
-    let need = r.prefix.len() + point.hashed as usize;
+    // bytes the kernel digested (in order, and a run past a hole if there is one).
+    let ahead = point.ahead_start..point.ahead_end;
+    let need = r.prefix.len() + point.hashed.max(ahead.end) as usize;
     let mut chunk = vec![0u8; 65536];
     while body.len() < need {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -172,15 +177,24 @@ fn check_response(r: &Resume, point: &ResumePoint, mut backend: TcpStream, deadl
     if body[..r.prefix.len()] != r.prefix[..] {
         return Err("the body's first bytes differ from what the client has".into());
     }
+    let at = |offset: u64| r.prefix.len() + offset as usize;
     let mut d = Sha256::new();
-    d.update(&body[r.prefix.len()..need]);
+    d.update(&body[at(0)..at(point.hashed)]);
     if digest64(d) != point.digest {
         return Err(format!("the {} body bytes the client may have differ (digest mismatch)", point.hashed));
     }
+    if !ahead.is_empty() {
+        let mut d = Sha256::new();
+        d.update(&body[at(ahead.start)..at(ahead.end)]);
+        if digest64(d) != point.ahead_digest {
+            return Err(format!("the body bytes {ahead:?} the client may hold past a hole differ (digest mismatch)"));
+        }
+    }
     // The client cannot have acknowledged bytes it was never sent; a point that
     // says so is not one to resume from.
-    if point.acked > point.hashed {
-        return Err(format!("the client acknowledged {} bytes of {} forwarded", point.acked, point.hashed));
+    let in_order = if !ahead.is_empty() && ahead.start == point.hashed { ahead.end } else { point.hashed };
+    if point.acked > in_order {
+        return Err(format!("the client acknowledged {} bytes of {in_order} forwarded in order", point.acked));
     }
     let from = r.prefix.len() + point.acked as usize;
     Ok(Replayed { backend, tail: body.split_off(from) })
@@ -230,5 +244,125 @@ impl Health {
             }
         }
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    const BODY_LEN: usize = 5000;
+
+    fn body() -> Vec<u8> {
+        (0..BODY_LEN as u32).map(|i| (i * 7 + (i >> 8)) as u8).collect()
+    }
+
+    fn digest(bytes: &[u8]) -> u64 {
+        let mut d = Sha256::new();
+        d.update(bytes);
+        digest64(d)
+    }
+
+    /// A backend that answers one connection with `body` behind a 200 head.
+    fn backend_with(body: Vec<u8>) -> TcpStream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        });
+        TcpStream::connect(addr).unwrap()
+    }
+
+    fn resume(prefix: usize) -> Resume {
+        Resume {
+            request: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            backends: vec![],
+            status: 200,
+            content_length: Some(BODY_LEN as u64),
+            prefix: body()[..prefix].to_vec(),
+        }
+    }
+
+    /// The kernel's view after forwarding body bytes `[p, p+hashed)` in order and
+    /// `ahead` past a hole, of `served` (what the failed backend sent).
+    fn point(served: &[u8], p: usize, hashed: usize, ahead: Option<(usize, usize)>, acked: usize) -> ResumePoint {
+        let (s, e) = ahead.unwrap_or((0, 0));
+        ResumePoint {
+            resumable: true,
+            hashed: hashed as u64,
+            sent: hashed.max(e) as u64,
+            acked: acked as u64,
+            digest: digest(&served[p..p + hashed]),
+            ahead_start: s as u64,
+            ahead_end: e as u64,
+            ahead_digest: if e > s { digest(&served[p + s..p + e]) } else { 0 },
+            ..ResumePoint::default()
+        }
+    }
+
+    /// The bytes to send the client start at its acknowledgment (`from`) and reach
+    /// at least `checked`, as far as they were read.
+    fn assert_tail(ok: &Replayed, body: &[u8], from: usize, checked: usize) {
+        assert!(from + ok.tail.len() >= checked, "{} bytes from {from}", ok.tail.len());
+        assert!(ok.tail[..] == body[from..from + ok.tail.len()], "the bytes from {from} differ");
+    }
+
+    fn check(r: &Resume, pt: &ResumePoint, replayed: Vec<u8>) -> Result<Replayed, String> {
+        check_response(r, pt, backend_with(replayed), Instant::now() + Duration::from_secs(5))
+    }
+
+    #[test]
+    fn a_replay_with_the_same_bytes_resumes_from_the_acknowledgment() {
+        let b = body();
+        let r = resume(100);
+        let pt = point(&b, 100, 1000, None, 600);
+        let ok = check(&r, &pt, b.clone()).unwrap();
+        assert_tail(&ok, &b, 100 + 600, 100 + 1000);
+    }
+
+    #[test]
+    fn a_run_past_a_hole_is_checked_on_its_own() {
+        let b = body();
+        let r = resume(0);
+        // [0, 800) in order, [800, 900) lost, [900, 2000) forwarded past it.
+        let pt = point(&b, 0, 800, Some((900, 2000)), 800);
+        let ok = check(&r, &pt, b.clone()).unwrap();
+        assert_tail(&ok, &b, 800, 2000);
+        // The same place with other bytes in the run: refused.
+        let mut other = b.clone();
+        other[1500] ^= 1;
+        let e = check(&r, &pt, other).err().unwrap();
+        assert!(e.contains("past a hole differ"), "{e}");
+        // A hole filled later: the prefix meets the run, and the client may have
+        // acknowledged into it.
+        let pt = point(&b, 0, 900, Some((900, 2000)), 1500);
+        assert_tail(&check(&r, &pt, b.clone()).unwrap(), &b, 1500, 2000);
+        // But not past bytes that never reached it in order.
+        let pt = point(&b, 0, 800, Some((900, 2000)), 1500);
+        let e = check(&r, &pt, b.clone()).err().unwrap();
+        assert!(e.contains("acknowledged 1500"), "{e}");
+    }
+
+    #[test]
+    fn a_replay_that_differs_anywhere_the_client_may_have_is_refused() {
+        let b = body();
+        let r = resume(100);
+        let pt = point(&b, 100, 1000, None, 0);
+        for at in [0usize, 99, 100, 1099] {
+            let mut other = b.clone();
+            other[at] ^= 0x40;
+            assert!(check(&r, &pt, other).is_err(), "a change at {at} passed");
+        }
+        // A byte past what the client may have is none of its business.
+        let mut other = b.clone();
+        other[1100] ^= 0x40;
+        assert!(check(&r, &pt, other).is_ok());
+        // Another length is another response.
+        let e = check(&r, &pt, b[..4000].to_vec()).err().unwrap();
+        assert!(e.contains("another response"), "{e}");
     }
 }

@@ -678,9 +678,14 @@ impl Splicer {
         }
         let _ = client.set_write_timeout(None);
         eprintln!(
-            "lzproxy: splice {id}: replayed on {} ({} body bytes checked, {} sent again from the client's acknowledgment)",
+            "lzproxy: splice {id}: replayed on {} ({} body bytes checked{}, {} sent again from the client's acknowledgment)",
             replayed.backend.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
             resume.prefix.len() as u64 + point.hashed,
+            if point.ahead_end > point.ahead_start {
+                format!(" and {} past a hole", point.ahead_end - point.ahead_start)
+            } else {
+                String::new()
+            },
             replayed.tail.len()
         );
         // A connection is resumed once: its body before this splice is no longer
