@@ -21,7 +21,7 @@ import subprocess
 import time
 
 import pcap
-from lzbench import Bench, lzctl_path, sha256_file, shadow_backup_toml, wait_for
+from lzbench import Bench, BenchError, lzctl_path, sha256_file, shadow_backup_toml, wait_for
 
 LZCTL = lzctl_path()
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -564,8 +564,12 @@ def test_missed_segments_are_resent_under_loss_on_the_backup_port():
         assert sp["retention_overflows"] == 0 and sb["progress_rejected"] == 0 and sp["progress_rejected"] == 0
         # The backup ends up with every byte: the primary releases all it kept.
         b.drop_ingress_clear(backup)
-        wait_for("the backup to catch up (primary keeps nothing)",
-                 lambda: status(primary)["retained_bytes"] == 0, timeout=15)
+        try:
+            wait_for("the backup to catch up (primary keeps nothing)",
+                     lambda: status(primary)["retained_bytes"] == 0, timeout=15)
+        except BenchError:
+            print("primary:", diagnose(primary), "\nbackup:", diagnose(backup))
+            raise
         primary.fence()
         wait_for("the backup to declare the primary failed", lambda: status(backup)["peer_state"] == "failed")
         backup.out(f"{LZCTL} -j shadow takeover")

@@ -16,7 +16,7 @@ use crate::resume::{self, Connector, Health, Resume};
 use crate::sockopt;
 use lazarus_proto::proxypeer::SpliceState;
 use lazarus_proto::seq::Seq;
-use lazarus_proto::splice::{Endpoint, Side};
+use lazarus_proto::splice::{Endpoint, ResumePoint, Side};
 use lznl::{SpliceClient, SpliceSide, TsShifts};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -522,22 +522,9 @@ impl Splicer {
             }
         };
         let (point, _flags) = self.nl().unsplice(id).map_err(|e| format!("unsplice: {e}"))?;
-        let at = |side: &lazarus_proto::splice::Side, snd: u64, rcv: u64, mss: u32, rcv_wnd: u32, ts: Option<u32>| sockopt::Rebuild {
-            local: endpoint(side.local),
-            remote: endpoint(side.remote),
-            snd_nxt: side.snd_nxt.0.wrapping_add(snd as u32),
-            rcv_nxt: side.rcv_nxt.0.wrapping_add(rcv as u32),
-            mss,
-            peer_wscale: side.peer_wscale,
-            own_wscale: side.own_wscale,
-            sack: side.sack,
-            ts_start: ts,
-            snd_wnd: mss.max(point.client_window),
-            rcv_wnd,
-        };
         let (c, b) = (&state.client, &state.backend);
         drop(old_client);
-        let client = match sockopt::rebuild(&at(c, point.acked, 0, c_mss, c_wnd, c.ts_now.map(|now| point.to_client_tsval.unwrap_or(now).wrapping_add(1)))) {
+        let client = match sockopt::rebuild(&rebuild_at(c, point.acked, 0, (c_mss, c_wnd), client_ts_start(c, &point), point.client_window)) {
             Ok(s) => s,
             Err(e) => {
                 let _ = self.nl().abort(id);
@@ -547,7 +534,7 @@ impl Splicer {
         // The backend connection ends with a reset at exactly the number the
         // backend expects (a reset is exempt from the timestamp check).
         drop(old_backend);
-        if let Ok(s) = sockopt::rebuild(&at(b, point.client_sent, point.sent, b_mss, b_wnd, b.ts_now)) {
+        if let Ok(s) = sockopt::rebuild(&rebuild_at(b, point.client_sent, point.sent, (b_mss, b_wnd), b.ts_now, point.client_window)) {
             sockopt::reset(s);
         }
         // The held request goes to the rebuilt socket.
@@ -627,20 +614,7 @@ impl Splicer {
         // the response (the old socket is closed first: the 4-tuple must be free).
         let rebuild = |old: TcpStream, offset: u64| {
             drop(old);
-            sockopt::rebuild(&sockopt::Rebuild {
-                local: endpoint(c.local),
-                remote: endpoint(c.remote),
-                snd_nxt: c.snd_nxt.0.wrapping_add(offset as u32),
-                rcv_nxt: c.rcv_nxt.0.wrapping_add(point.client_sent as u32),
-                mss,
-                peer_wscale: c.peer_wscale,
-                own_wscale: c.own_wscale,
-                sack: c.sack,
-                // On from the latest value the client saw, so that its PAWS check passes.
-                ts_start: c.ts_now.map(|now| point.to_client_tsval.unwrap_or(now).wrapping_add(1)),
-                snd_wnd: point.client_window.max(mss),
-                rcv_wnd,
-            })
+            sockopt::rebuild(&rebuild_at(c, offset, point.client_sent, (mss, rcv_wnd), client_ts_start(c, &point), point.client_window))
         };
         // A reset at the end of what was sent: the client takes it if it has all of
         // it, and otherwise answers with an ACK that the stack, finding no socket
@@ -704,6 +678,33 @@ impl Splicer {
             }
         }
     }
+}
+
+/// The numbers to rebuild one connection of a splice at: the next byte to send
+/// `snd` bytes past its splice point and the next expected `rcv` past it, with the
+/// MSS and window read from the socket it replaces (`mss_wnd`) and the peer's
+/// latest window.
+fn rebuild_at(side: &Side, snd: u64, rcv: u64, mss_wnd: (u32, u32), ts_start: Option<u32>, peer_window: u32) -> sockopt::Rebuild {
+    let (mss, rcv_wnd) = mss_wnd;
+    sockopt::Rebuild {
+        local: endpoint(side.local),
+        remote: endpoint(side.remote),
+        snd_nxt: side.snd_nxt.0.wrapping_add(snd as u32),
+        rcv_nxt: side.rcv_nxt.0.wrapping_add(rcv as u32),
+        mss,
+        peer_wscale: side.peer_wscale,
+        own_wscale: side.own_wscale,
+        sack: side.sack,
+        ts_start,
+        snd_wnd: peer_window.max(mss),
+        rcv_wnd,
+    }
+}
+
+/// A rebuilt client connection's timestamps go on from the latest value the client
+/// saw, so that its PAWS check passes.
+fn client_ts_start(c: &Side, point: &ResumePoint) -> Option<u32> {
+    c.ts_now.map(|now| point.to_client_tsval.unwrap_or(now).wrapping_add(1))
 }
 
 fn endpoint(e: Endpoint) -> SocketAddrV4 {
