@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod beat;
+pub mod cbox;
 pub mod channel;
 pub mod csum;
 pub mod flowtab;
