@@ -29,6 +29,7 @@ pub mod ports;
 pub mod progress;
 pub mod proxypeer;
 pub mod ratelimit;
+pub mod rlock;
 pub mod sensor;
 pub mod seq;
 pub mod sha256;
