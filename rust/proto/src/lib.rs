@@ -23,6 +23,7 @@ pub mod genl;
 pub mod genl_core;
 pub mod genl_shadow;
 pub mod genl_splice;
+pub mod heal;
 pub mod http;
 pub mod packet;
 pub mod ports;
