@@ -18,8 +18,12 @@
 //! sensor   id u32, class u8, flags u8, reserved u16, limit u64, value u64   (24 bytes)
 //! ```
 //!
-//! The target updates a value with one aligned 64-bit store, so a remote reader sees
-//! either the old or the new value, never a mix. `generation` changes when sensors
+//! The target updates a value with one aligned 64-bit store. An RDMA READ is not
+//! atomic with the target's stores: a NIC reads a naturally aligned word in one
+//! piece in practice, and soft-RoCE copies with `memcpy`, which on x86-64 moves
+//! aligned 8-byte words, but neither is promised. A value read while it changed is
+//! at worst one implausible sample; the monitor confirms an alarm by reading again
+//! before it acts on it. `generation` changes when sensors
 //! are added or removed: a reader that sees it change between two reads starts its
 //! evaluation of that box afresh.
 
