@@ -309,13 +309,25 @@ class Bench:
     def netem_clear(self, guest):
         guest.run("tc qdisc del dev lz0 root", check=False)
 
-    def drop_ingress(self, guest, percent):
+    def drop_ingress(self, guest, percent, data_to_port=None):
         """Lose about `percent` % of the frames arriving at `guest` only, as if its own
         NIC or switch port lost them: a tc ingress filter drops them at random before
-        the stack, or any netfilter hook, sees them."""
+        the stack, or any netfilter hook, sees them.
+
+        With `data_to_port`, only TCP frames to that port of 256 bytes or more are
+        lost (data segments: never a SYN, a bare ACK or a short line), so that what
+        is lost is exactly what a test means to lose."""
         one_in = max(1, round(100 / percent))
+        if data_to_port is None:
+            guest.run("tc qdisc replace dev lz0 ingress && "
+                      f"tc filter replace dev lz0 parent ffff: matchall action gact pass random netrand drop {one_in}")
+            return
+        # First match wins: short frames (IP total length below 256) pass, then a
+        # random drop of the rest to the port.
         guest.run("tc qdisc replace dev lz0 ingress && "
-                  f"tc filter replace dev lz0 parent ffff: matchall action gact pass random netrand drop {one_in}")
+                  "tc filter add dev lz0 parent ffff: protocol ip prio 1 u32 match u16 0 0xff00 at 2 action gact pass && "
+                  "tc filter add dev lz0 parent ffff: protocol ip prio 2 u32 match ip protocol 6 0xff "
+                  f"match ip dport {data_to_port} 0xffff action gact pass random netrand drop {one_in}")
 
     def drop_ingress_clear(self, guest):
         guest.run("tc qdisc del dev lz0 ingress", check=False)
@@ -323,10 +335,10 @@ class Bench:
     def ingress_drops(self, guest):
         """Frames the ingress filter of `guest` dropped so far."""
         out = guest.out("tc -s filter show dev lz0 ingress")
-        m = re.search(r"dropped (\d+)", out)
-        if not m:
+        counts = re.findall(r"dropped (\d+)", out)
+        if not counts:
             raise BenchError(f"no drop statistics on lz0's ingress filter in guest {guest.index}: {out!r}")
-        return int(m.group(1))
+        return sum(int(c) for c in counts)
 
     def assert_no_kernel_trouble(self):
         trouble = [f"guest {g.index}: {l}" for g in self.guests for l in g.kernel_trouble()]

@@ -540,13 +540,14 @@ def test_backup_death_leaves_the_primary_serving_and_reported():
 
 
 def test_missed_segments_are_resent_under_loss_on_the_backup_port():
-    """Frames to the backup only are lost (3 %, dropped on its receive side): the client's
-    TCP never retransmits what the primary acknowledged, so the backup must get those
-    bytes from the primary's kept copies, and a later failover must find its TCP
-    complete."""
+    """Client data segments to the backup only are lost (3 %, dropped on its receive
+    side): the client's TCP never retransmits what the primary acknowledged, so the
+    backup must get those bytes from the primary's kept copies, and a later failover
+    must find its TCP complete. (Handshakes are not lost here: a backup that misses a
+    connection's SYN does not shadow it, which the primary reports as unprotected.)"""
     with Bench(2, name="lzsl", hub=True) as b:
         primary, backup = setup_pair(b)
-        b.drop_ingress(backup, 3)
+        b.drop_ingress(backup, 3, data_to_port=PORT)
         # A long-lived interactive session spans the lossy phase and the failover. Its
         # lines come 0.1 s apart, longer than a report interval, so that between two
         # of them the primary can have released everything it kept.
