@@ -40,6 +40,7 @@
 //! `end` is the sequence number after its last byte, `total` how many bytes were
 //! ever logged; byte `s` lives at `data[s mod log_capacity]`.
 
+use super::le::{fnv64 as check64, le16, le32, le64, put32, put64};
 use super::seq::Seq;
 
 /// The header's magic, "LZCB" read as a little-endian u32.
@@ -99,42 +100,6 @@ impl CbError {
             CbError::TornSnapshot => "no published snapshot checks",
         }
     }
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
-}
-
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// 64-bit FNV-1a: detects a part read while it was being rewritten. Not a defence
-/// against a forger: the box is read from a node of the cluster, over a link only
-/// the cluster uses.
-fn check64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in *p {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// The sizes of a box's parts.

@@ -42,6 +42,8 @@
 //!              start_ns u64, comm [16]                                  (32 bytes)
 //! ```
 
+use super::le::{fnv64 as check64, le16, le32, le64};
+
 /// "LZPB" read as a little-endian u32.
 pub const PROC_MAGIC: u32 = u32::from_le_bytes(*b"LZPB");
 /// "LZRP" read as a little-endian u32.
@@ -130,37 +132,10 @@ impl HealError {
     }
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
-}
-
 fn comm_at(b: &[u8], at: usize) -> [u8; COMM_LEN] {
     let mut c = [0u8; COMM_LEN];
     c.copy_from_slice(&b[at..at + COMM_LEN]);
     c
-}
-
-/// FNV-1a: catches a request read while it was being written. The repair region
-/// is exposed to the configured monitors only.
-fn check64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in *p {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
 }
 
 /// Write a process box; its length, or `None` when `out` is too small or there are

@@ -27,6 +27,8 @@
 //! are added or removed: a reader that sees it change between two reads starts its
 //! evaluation of that box afresh.
 
+use super::le::{le16, le32, le64};
+
 /// The header's magic, "LZSB" read as a little-endian u32.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LZSB");
 /// The layout version.
@@ -91,20 +93,6 @@ pub enum BoxError {
     TooMany,
     /// A sensor of an unknown class, with unknown flags, or reserved bits set.
     BadSensor,
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(v)
 }
 
 /// A validated box borrowed from the bytes read.
@@ -245,6 +233,78 @@ pub fn evaluate(s: &Sensor, mem: &mut Memory, now_ms: u64) -> Verdict {
     }
 }
 
+/// The regions a target tells a monitor about once they are registered (sent over
+/// the connection, after the registration, so a monitor never reads a region that
+/// is not yet readable):
+///
+/// ```text
+/// table    magic u32 "LZRT", version u16, count u16
+/// region   kind u16, reserved u16, len u32, addr u64, rkey u32, reserved u32  (24 bytes)
+/// ```
+pub mod region {
+    use super::{le16, le32, le64};
+
+    /// "LZRT" read as a little-endian u32.
+    pub const MAGIC: u32 = u32::from_le_bytes(*b"LZRT");
+    pub const VERSION: u16 = 1;
+    pub const HEADER_LEN: usize = 8;
+    pub const ENTRY_LEN: usize = 24;
+    /// Regions one table may list.
+    pub const MAX: usize = 8;
+
+    /// What a region holds.
+    pub mod kind {
+        pub const SENSOR_BOX: u16 = 1;
+    }
+
+    /// One registered region: `len` bytes from the peer's address `addr`, under `rkey`.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+    pub struct Region {
+        pub kind: u16,
+        pub len: u32,
+        pub addr: u64,
+        pub rkey: u32,
+    }
+
+    /// Write a table; its length, or `None` when `out` is too small or there are
+    /// too many regions.
+    pub fn write(out: &mut [u8], regions: &[Region]) -> Option<usize> {
+        if regions.len() > MAX {
+            return None;
+        }
+        let len = HEADER_LEN + regions.len() * ENTRY_LEN;
+        let out = out.get_mut(..len)?;
+        out.fill(0);
+        out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        out[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        out[6..8].copy_from_slice(&(regions.len() as u16).to_le_bytes());
+        for (r, o) in regions.iter().zip(out[HEADER_LEN..].chunks_exact_mut(ENTRY_LEN)) {
+            o[0..2].copy_from_slice(&r.kind.to_le_bytes());
+            o[4..8].copy_from_slice(&r.len.to_le_bytes());
+            o[8..16].copy_from_slice(&r.addr.to_le_bytes());
+            o[16..20].copy_from_slice(&r.rkey.to_le_bytes());
+        }
+        Some(len)
+    }
+
+    /// The region of `kind` in a received table, if the table is well-formed and
+    /// lists one.
+    pub fn find(b: &[u8], want: u16) -> Option<Region> {
+        if b.len() < HEADER_LEN || le32(b, 0) != MAGIC || le16(b, 4) != VERSION {
+            return None;
+        }
+        let count = le16(b, 6) as usize;
+        if count > MAX {
+            return None;
+        }
+        let body = b.get(HEADER_LEN..HEADER_LEN + count * ENTRY_LEN)?;
+        body.chunks_exact(ENTRY_LEN)
+            .filter(|e| le16(e, 2) == 0 && le32(e, 20) == 0)
+            .map(|e| Region { kind: le16(e, 0), len: le32(e, 4), addr: le64(e, 8), rkey: le32(e, 16) })
+            .find(|r| r.kind == want && r.len > 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +378,23 @@ mod tests {
         assert_eq!(evaluate(&s(u64::MAX), &mut m, 1100), Verdict::Alarm, "no overflow");
     }
 
+    #[test]
+    fn a_region_table_round_trips_and_bad_ones_find_nothing() {
+        use region::*;
+        let r = Region { kind: kind::SENSOR_BOX, len: 4096, addr: 0, rkey: 0x1234 };
+        let mut buf = [0u8; 64];
+        let n = write(&mut buf, &[r]).unwrap();
+        assert_eq!(find(&buf[..n], kind::SENSOR_BOX), Some(r));
+        assert_eq!(find(&buf[..n], 9), None);
+        assert_eq!(find(&buf[..n - 1], kind::SENSOR_BOX), None, "truncated");
+        let mut b = buf;
+        b[0] ^= 1;
+        assert_eq!(find(&b[..n], kind::SENSOR_BOX), None, "magic");
+        let mut b = buf;
+        b[HEADER_LEN + 2] = 1;
+        assert_eq!(find(&b[..n], kind::SENSOR_BOX), None, "reserved bits");
+    }
+
     proptest! {
         /// Whatever a (possibly hostile) target's page holds, parsing returns, and a
         /// box that parses writes back to the same bytes.
@@ -336,6 +413,12 @@ mod tests {
                 let k = write_box(&mut out, b.generation(), &ss).unwrap();
                 prop_assert_eq!(&out[..k], &page[..k]);
             }
+        }
+
+        /// A received table of any bytes is read without panicking.
+        #[test]
+        fn fuzz_region_table(bytes in proptest::collection::vec(any::<u8>(), 0..300), want in any::<u16>()) {
+            let _ = region::find(&bytes, want);
         }
 
         /// Evaluation never panics, whatever the values and the clock do.
