@@ -27,6 +27,8 @@ def const(name):
 
 def rust_for(spec, src_name):
     fam = spec["name"]
+    if len(fam) > 15:
+        sys.exit(f"{src_name}: family name {fam!r} is longer than 15 bytes (GENL_NAMSIZ is 16 with the NUL)")
     out = [
         "// SPDX-License-Identifier: GPL-2.0",
         f"//! The `{fam}` generic netlink family.",

@@ -382,6 +382,33 @@ impl<'a> Request<'a> {
         self.attr(id).and_then(|b| Some(u64::from_ne_bytes(b.get(..8)?.try_into().ok()?)))
     }
 
+    /// Every instance of a repeated (multi-attr) attribute, in order: `attrs` keeps
+    /// only the last one, so this walks the message itself. Stops at the first
+    /// malformed header (the policy validated every attribute already).
+    pub fn each(&self, id: u16, mut f: impl FnMut(&'a [u8])) {
+        const NLMSG_HDRLEN: usize = 16;
+        const GENL_HDRLEN: usize = 4;
+        const NLA_TYPE_MASK: u16 = !(3 << 14);
+        // SAFETY: `nlhdr` is the request's valid netlink header; `nlmsg_len` bytes
+        // from it are the message, which outlives `'a` (type invariant).
+        let msg = unsafe {
+            let nlh = self.info.nlhdr;
+            core::slice::from_raw_parts(nlh as *const u8, (*nlh).nlmsg_len as usize)
+        };
+        let mut rest = msg.get(NLMSG_HDRLEN + GENL_HDRLEN..).unwrap_or(&[]);
+        while rest.len() >= NLA_HDRLEN {
+            let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+            let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+            if len < NLA_HDRLEN || len > rest.len() {
+                return;
+            }
+            if ty == id {
+                f(&rest[NLA_HDRLEN..len]);
+            }
+            rest = rest.get((len + 3) & !3..).unwrap_or(&[]);
+        }
+    }
+
     /// A u32 attribute carried in network order.
     pub fn be32(&self, id: u16) -> Option<u32> {
         self.attr(id).and_then(|b| Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?)))
