@@ -75,9 +75,9 @@ BASH_COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSH_COMPLETIONDIR ?= $(PREFIX)/share/zsh/site-functions
 DOCDIR ?= $(PREFIX)/share/doc/lazarus
 CONFDIR := /etc/lazarus
-KMODS := lazarus_core lazarus_shadow lazarus_splice
+KMODS := lazarus_core lazarus_shadow lazarus_splice lazarus_backdoor
 INSTALL_DOCS := docs/architecture.md docs/deployment.md docs/failure-model.md docs/tuning.md docs/shadow-operations.md docs/sysctl.md \
-	docs/troubleshooting.md docs/netlink.md docs/development.md docs/splice-operations.md
+	docs/troubleshooting.md docs/netlink.md docs/development.md docs/splice-operations.md docs/backdoor-operations.md
 GENERATED := target/dist
 
 install: modules userspace

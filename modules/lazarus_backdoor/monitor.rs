@@ -1,0 +1,346 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The monitor side: one connection per target, a READ of its Sensor Box every
+//! interval, and each sensor judged ([`sensor::evaluate`]). A READ is not atomic
+//! with the target's stores, so one odd sample is not a verdict: a progress or level
+//! alarm counts when two reads in a row agree, a pressure alarm when the next read's
+//! count is at least the alarming one (a torn count would not stay). An alarm then
+//! stays shown for [`ALARM_HOLD_MS`] after it last held, so that a burst seen by one
+//! read is still there when an operator looks.
+//!
+//! A connection comes up in steps driven by the connection manager's events:
+//! resolve the address, create the queue pair and post a receive for the region
+//! table, resolve the route, connect; the target sends the table once its page is
+//! registered. A failed step, a lost connection or a read that does not complete
+//! within a second tears the connection down and retries after [`RETRY_MS`].
+
+use super::lzk::proto::genl_bdoor::{peer_state, verdict};
+use super::lzk::proto::sensor::{self, region, Class, SensorBox, Verdict};
+use super::lzk::rdma::{CmEvent, CmId, Cq, DmaPage, EventInfo, Pd};
+use super::lzk::vec;
+use super::target::RD_DEPTH;
+use super::{bump, Config, PeerView, SensorView, Shared};
+use kernel::prelude::*;
+
+const WR_RECV: u64 = 1;
+const WR_READ: u64 = 2;
+/// Wait between connection attempts.
+const RETRY_MS: u64 = 1000;
+/// A read not completed within this is an error (and ends the connection).
+const READ_LIMIT_MS: u64 = 1000;
+/// A confirmed alarm stays shown this long after it last held.
+const ALARM_HOLD_MS: u64 = 5000;
+/// Connection manager steps time out after this.
+const RESOLVE_MS: u32 = 5000;
+
+/// A connection's verbs objects. Fields drop in order: the queue pair (with the
+/// id) before the completion queue, the buffers, and last the domain.
+struct Link {
+    id: CmId,
+    cq: Option<Cq>,
+    recv: Option<DmaPage>,
+    read: Option<DmaPage>,
+    pd: Option<Pd>,
+}
+
+enum Phase {
+    /// Not connected; the next attempt at the given time.
+    Idle { at: u64 },
+    Resolving,
+    Routing,
+    Connecting,
+    /// Connected, waiting for the region table.
+    Established,
+    /// Reading: the box's address and key; a read in flight since the given time.
+    Reading { addr: u64, rkey: u32, len: u32, in_flight: Option<u64>, next: u64 },
+}
+
+/// What the monitor remembers of one sensor.
+#[derive(Clone, Copy, Default)]
+struct Judged {
+    id: u32,
+    memory: sensor::Memory,
+    /// The previous read's raw verdict was an alarm (progress, level), or the count
+    /// that raised a pressure alarm waiting for the next read to confirm it.
+    alarm_before: bool,
+    pending_count: Option<u64>,
+    /// A confirmed alarm is shown until then.
+    alarm_until: u64,
+    view: SensorView,
+}
+
+struct Peer {
+    addr: [u8; 4],
+    link: Option<Link>,
+    phase: Phase,
+    generation: u64,
+    reads: u64,
+    last_read: Option<u64>,
+    judged: KVec<Judged>,
+}
+
+pub(crate) struct Monitor {
+    port: u16,
+    peers: KVec<Peer>,
+    /// When the view for netlink was last refreshed.
+    published_at: u64,
+}
+
+/// The netlink view is refreshed at most this often (the thread loops every
+/// millisecond while a read is in flight).
+const PUBLISH_MS: u64 = 20;
+
+impl Monitor {
+    pub(crate) fn new(cfg: &Config) -> Self {
+        let mut peers = KVec::new();
+        for a in cfg.peers() {
+            let p = Peer { addr: *a, link: None, phase: Phase::Idle { at: 0 }, generation: 0, reads: 0, last_read: None, judged: KVec::new() };
+            if peers.push(p, GFP_KERNEL).is_err() {
+                break;
+            }
+        }
+        Monitor { port: cfg.port, peers, published_at: 0 }
+    }
+
+    pub(crate) fn on_event(&mut self, s: &Shared, e: &EventInfo, now: u64) {
+        if e.event == CmEvent::ConnectRequest {
+            super::runner::refuse(s, e);
+            return;
+        }
+        let Some(p) = self.peers.iter_mut().find(|p| p.link.as_ref().is_some_and(|l| l.id.raw() == e.id)) else {
+            return;
+        };
+        let step = match (e.event, &p.phase) {
+            (CmEvent::AddrResolved, Phase::Resolving) => p.on_addr(),
+            (CmEvent::RouteResolved, Phase::Routing) => p.on_route(),
+            (CmEvent::Established, Phase::Connecting) => {
+                p.phase = Phase::Established;
+                Ok(())
+            }
+            (CmEvent::Failed { status }, _) => {
+                pr_info!("monitor: {}.{}.{}.{}: connection failed ({})\n", p.addr[0], p.addr[1], p.addr[2], p.addr[3], status);
+                Err(super::lzk::errno::ECONNREFUSED())
+            }
+            (CmEvent::Disconnected | CmEvent::DeviceRemoval, _) => Err(super::lzk::errno::ENOTCONN()),
+            _ => Ok(()),
+        };
+        if step.is_err() {
+            bump(&s.stats.connect_errors);
+            p.reset(s, now);
+        }
+    }
+
+    /// Connect, read, judge. Returns how long to sleep.
+    pub(crate) fn tick(&mut self, s: &Shared, now: u64, interval_ms: u32) -> u32 {
+        let mut nap = interval_ms;
+        for p in self.peers.iter_mut() {
+            match p.phase {
+                Phase::Idle { at } if now >= at => {
+                    if p.start(s, self.port).is_err() {
+                        bump(&s.stats.connect_errors);
+                        p.reset(s, now);
+                    }
+                }
+                Phase::Established => p.take_table(s, now),
+                Phase::Reading { .. } => {
+                    if p.read_step(s, now, interval_ms).is_err() {
+                        bump(&s.stats.read_errors);
+                        p.reset(s, now);
+                    }
+                    // A read in flight is polled every millisecond.
+                    nap = 1;
+                }
+                _ => {}
+            }
+        }
+        if now >= self.published_at + PUBLISH_MS {
+            self.publish(s, now);
+            self.published_at = now;
+        }
+        nap
+    }
+
+    /// Copy the peers' state for the netlink dump.
+    fn publish(&self, s: &Shared, now: u64) {
+        let mut views = KVec::new();
+        for p in self.peers.iter() {
+            let mut sensors = KVec::new();
+            for j in p.judged.iter() {
+                let _ = sensors.push(j.view, GFP_KERNEL);
+            }
+            let state = match p.phase {
+                Phase::Reading { .. } => peer_state::CONNECTED,
+                Phase::Idle { .. } if p.reads > 0 || p.last_read.is_some() => peer_state::FAILED,
+                Phase::Idle { at } if at > 0 => peer_state::FAILED,
+                _ => peer_state::CONNECTING,
+            };
+            let v = PeerView {
+                addr: p.addr,
+                state,
+                generation: p.generation,
+                reads: p.reads,
+                last_read_ms: p.last_read.map(|t| now.saturating_sub(t)),
+                sensors,
+            };
+            if views.push(v, GFP_KERNEL).is_err() {
+                return;
+            }
+        }
+        *s.view.lock() = views;
+    }
+}
+
+impl Peer {
+    fn reset(&mut self, s: &Shared, now: u64) {
+        if let Some(l) = self.link.take() {
+            let raw = l.id.raw();
+            drop(l);
+            s.purge(raw);
+        }
+        self.phase = Phase::Idle { at: now + RETRY_MS };
+    }
+
+    fn start(&mut self, s: &Shared, port: u16) -> Result {
+        // SAFETY: `s` is the module's shared state, which outlives the thread that
+        // owns this id.
+        let id = unsafe { CmId::new(s) }?;
+        id.resolve_addr(self.addr, port, RESOLVE_MS)?;
+        self.link = Some(Link { id, cq: None, recv: None, read: None, pd: None });
+        self.phase = Phase::Resolving;
+        Ok(())
+    }
+
+    fn on_addr(&mut self) -> Result {
+        let l = self.link.as_mut().ok_or(EINVAL)?;
+        let dev = l.id.device().ok_or(ENODEV)?;
+        let pd = Pd::new(dev)?;
+        let cq = Cq::new(dev, 16)?;
+        l.id.create_qp(&pd, &cq, 8, 2)?;
+        let recv = DmaPage::new(&pd)?;
+        let read = DmaPage::new(&pd)?;
+        l.id.post_recv(&recv, WR_RECV)?;
+        l.id.resolve_route(RESOLVE_MS)?;
+        (l.cq, l.recv, l.read, l.pd) = (Some(cq), Some(recv), Some(read), Some(pd));
+        self.phase = Phase::Routing;
+        Ok(())
+    }
+
+    fn on_route(&mut self) -> Result {
+        let l = self.link.as_ref().ok_or(EINVAL)?;
+        l.id.connect(&[], RD_DEPTH)?;
+        self.phase = Phase::Connecting;
+        Ok(())
+    }
+
+    /// The target's region table, once it arrived.
+    fn take_table(&mut self, s: &Shared, now: u64) {
+        let Some(l) = self.link.as_ref() else { return };
+        let (Some(cq), Some(recv)) = (l.cq.as_ref(), l.recv.as_ref()) else { return };
+        while let Some(c) = cq.poll() {
+            if c.wr_id != WR_RECV {
+                continue;
+            }
+            let mut table = [0u8; region::HEADER_LEN + region::MAX * region::ENTRY_LEN];
+            let n = (c.byte_len as usize).min(table.len());
+            let found = c.ok && recv.page.read(0, &mut table[..n]);
+            match found.then(|| region::find(&table[..n], region::kind::SENSOR_BOX)).flatten() {
+                Some(r) if r.len as usize <= super::lzk::rdma::PAGE => {
+                    pr_info!("monitor: {}.{}.{}.{}: connected, box of {} bytes\n", self.addr[0], self.addr[1], self.addr[2], self.addr[3], r.len);
+                    self.phase = Phase::Reading { addr: r.addr, rkey: r.rkey, len: r.len, in_flight: None, next: now };
+                }
+                _ => {
+                    bump(&s.stats.bad_boxes);
+                    self.reset(s, now);
+                }
+            }
+            return;
+        }
+    }
+
+    /// Post a read when due; take its completion and judge the box.
+    fn read_step(&mut self, s: &Shared, now: u64, interval_ms: u32) -> Result {
+        let Phase::Reading { addr, rkey, len, in_flight, next } = self.phase else { return Ok(()) };
+        let l = self.link.as_ref().ok_or(EINVAL)?;
+        let (Some(cq), Some(read)) = (l.cq.as_ref(), l.read.as_ref()) else { return Err(EINVAL) };
+        match in_flight {
+            None if now >= next => {
+                l.id.post_read(read, len, addr, rkey, WR_READ)?;
+                self.phase = Phase::Reading { addr, rkey, len, in_flight: Some(now), next };
+            }
+            None => {}
+            Some(since) => {
+                while let Some(c) = cq.poll() {
+                    if c.wr_id != WR_READ {
+                        continue;
+                    }
+                    if !c.ok {
+                        return Err(EIO);
+                    }
+                    let mut buf = KVec::from_elem(0u8, len as usize, GFP_KERNEL)?;
+                    if !read.page.read(0, &mut buf) {
+                        return Err(EINVAL);
+                    }
+                    bump(&s.stats.reads);
+                    self.reads += 1;
+                    self.last_read = Some(now);
+                    self.judge(s, &buf, now);
+                    self.phase = Phase::Reading { addr, rkey, len, in_flight: None, next: since + interval_ms as u64 };
+                    return Ok(());
+                }
+                if now.saturating_sub(since) > READ_LIMIT_MS {
+                    return Err(super::lzk::errno::ETIMEDOUT());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn judge(&mut self, s: &Shared, bytes: &[u8], now: u64) {
+        let b = match SensorBox::parse(bytes) {
+            Ok(b) => b,
+            Err(_) => {
+                bump(&s.stats.bad_boxes);
+                return;
+            }
+        };
+        if b.generation() != self.generation {
+            // Sensors added or removed (or a new target): judge afresh.
+            self.generation = b.generation();
+            vec::clear(&mut self.judged);
+        }
+        for sn in b.sensors() {
+            let at = match self.judged.iter().position(|j| j.id == sn.id) {
+                Some(i) => i,
+                None => {
+                    if self.judged.push(Judged { id: sn.id, ..Judged::default() }, GFP_KERNEL).is_err() {
+                        continue;
+                    }
+                    self.judged.len() - 1
+                }
+            };
+            let j = &mut self.judged[at];
+            let raw = sensor::evaluate(&sn, &mut j.memory, now);
+            let alarm = raw == Verdict::Alarm;
+            let confirmed = match sn.class {
+                Class::Pressure => j.pending_count.is_some_and(|c| sn.value >= c),
+                _ => alarm && j.alarm_before,
+            };
+            j.alarm_before = alarm;
+            j.pending_count = (alarm && sn.class == Class::Pressure).then_some(sn.value);
+            if confirmed {
+                j.alarm_until = now + ALARM_HOLD_MS;
+            }
+            let shown = if now < j.alarm_until {
+                verdict::ALARM
+            } else if raw == Verdict::Learning {
+                verdict::LEARNING
+            } else {
+                verdict::OK
+            };
+            if shown == verdict::ALARM && j.view.verdict != verdict::ALARM {
+                bump(&s.stats.alarms);
+                pr_warn!("monitor: {}.{}.{}.{}: sensor {} alarm (value {}, limit {})\n", self.addr[0], self.addr[1], self.addr[2], self.addr[3], sn.id, sn.value, sn.limit);
+            }
+            j.view = SensorView { id: sn.id, class: sn.class as u8, limit: sn.limit, value: sn.value, verdict: shown };
+        }
+    }
+}
