@@ -1,13 +1,15 @@
 //! `lzctl`: inspect and configure the Lazarus modules over generic netlink.
 //!
 //! `lzctl shadow ...` drives the `lazarus_shadow` module (ST-TCP service shadowing),
-//! `lzctl splice ...` the `lazarus_splice` module (CRAFT splicing).
+//! `lzctl splice ...` the `lazarus_splice` module (CRAFT splicing), `lzctl backdoor ...`
+//! the `lazarus_backdoor` module (Sensor Boxes over RDMA).
 //!
 //! Output is a human table by default and JSON with `-j`, like iproute2. Exit codes:
 //! 0 success, 1 the kernel refused the request, 2 bad usage, 3 the module is not
 //! loaded or netlink failed, 4 a planned switchover did not complete (nothing was
 //! lost: the primary serves on).
 
+mod backdoor;
 mod splice;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -86,6 +88,12 @@ enum Cmd {
     Splice {
         #[command(subcommand)]
         cmd: splice::SpliceCmd,
+    },
+    /// Sensor Boxes read over RDMA (lazarus_backdoor): a target's role, a
+    /// monitor's targets and their sensors.
+    Backdoor {
+        #[command(subcommand)]
+        cmd: backdoor::BackdoorCmd,
     },
     /// Send a request with raw attributes (for diagnostics and tests).
     #[command(hide = true)]
@@ -245,6 +253,7 @@ enum Family {
     Core,
     Shadow,
     Splice,
+    Backdoor,
 }
 
 /// A failure with the exit code it maps to.
@@ -556,6 +565,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.cmd {
         Cmd::Splice { cmd } => splice::run(cmd, json)?,
+        Cmd::Backdoor { cmd } => backdoor::run(cmd, json)?,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "lzctl", &mut std::io::stdout());
         }
@@ -731,6 +741,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Family::Core => Client::connect()?.request(cmd, &attrs, dump)?,
                 Family::Shadow => ShadowClient::connect()?.request(cmd, &attrs, dump)?,
                 Family::Splice => lznl::SpliceClient::connect()?.request(cmd, &attrs, dump)?,
+                Family::Backdoor => lznl::BackdoorClient::connect()?.request(cmd, &attrs, dump)?,
             };
             println!("{} reply message(s)", replies.len());
         }

@@ -84,19 +84,20 @@ impl Attrs {
     }
 }
 
+/// One attribute as the kernel lays it out (header, payload, padding), for tests
+/// that build replies.
+#[cfg(test)]
+pub(crate) fn nla(ty: u16, p: &[u8]) -> Vec<u8> {
+    let mut v = ((4 + p.len()) as u16).to_ne_bytes().to_vec();
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(p);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn nla(ty: u16, p: &[u8]) -> Vec<u8> {
-        let mut v = ((4 + p.len()) as u16).to_ne_bytes().to_vec();
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(p);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
-    }
 
     #[test]
     fn walks_padded_attributes() {

@@ -736,14 +736,8 @@ impl ShadowMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attrs::nla;
 
-    fn nla(ty: u16, p: &[u8]) -> Vec<u8> {
-        let mut v = ((4 + p.len()) as u16).to_ne_bytes().to_vec();
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(p);
-        v.resize(v.len().next_multiple_of(4), 0);
-        v
-    }
 
     fn stats_nest() -> Vec<u8> {
         (1..=st::MAX).flat_map(|id| nla(id, &(id as u64 * 10).to_ne_bytes())).collect()
