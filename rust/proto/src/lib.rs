@@ -19,6 +19,7 @@ pub mod cbox;
 pub mod channel;
 pub mod csum;
 pub mod flowtab;
+pub mod ftlog;
 pub mod genl;
 pub mod genl_bdoor;
 pub mod genl_core;
