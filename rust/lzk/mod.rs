@@ -20,6 +20,7 @@ pub mod genl;
 pub mod kthread;
 pub mod net;
 pub mod netfilter;
+pub mod process;
 pub mod rdma;
 pub mod route;
 pub mod skb;

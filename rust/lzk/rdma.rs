@@ -54,6 +54,15 @@ pub enum CmEvent {
     Other(u32),
 }
 
+/// What a peer may do to a registered region.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// READ and atomics (compare-and-swap).
+    ReadAtomic,
+    /// WRITE only.
+    Write,
+}
+
 /// Up to this many bytes of private data travel with a connect or accept.
 pub const PRIVATE_MAX: usize = 56;
 
@@ -329,18 +338,31 @@ impl CmId {
         wr
     }
 
-    /// Register `mr` for the peer to read and compare-and-swap (a local operation on
-    /// this queue pair; completes with `wr_id`). The queue pair must be connected.
-    pub fn post_reg_mr(&self, mr: &Mr, wr_id: u64) -> Result {
+    /// Register `mr` for the peer with `access` (a local operation on this queue
+    /// pair; completes with `wr_id`). The queue pair must be connected.
+    pub fn post_reg_mr(&self, mr: &Mr, access: Access, wr_id: u64) -> Result {
         // SAFETY: All-zero is a valid ib_reg_wr.
         let mut reg: bindings::ib_reg_wr = unsafe { core::mem::zeroed() };
         reg.wr = Self::send_wr(wr_id, bindings::ib_wr_opcode_IB_WR_REG_MR, None, true);
         reg.mr = mr.ptr();
         reg.key = mr.rkey();
-        reg.access = (bindings::ib_access_flags_IB_ACCESS_LOCAL_WRITE
-            | bindings::ib_access_flags_IB_ACCESS_REMOTE_READ
-            | bindings::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC) as c_int;
+        let remote = match access {
+            Access::ReadAtomic => bindings::ib_access_flags_IB_ACCESS_REMOTE_READ | bindings::ib_access_flags_IB_ACCESS_REMOTE_ATOMIC,
+            Access::Write => bindings::ib_access_flags_IB_ACCESS_REMOTE_WRITE,
+        };
+        reg.access = (bindings::ib_access_flags_IB_ACCESS_LOCAL_WRITE | remote) as c_int;
         self.post(&reg.wr)
+    }
+
+    /// Write `len` bytes of `buf` at the peer's `remote_addr` (under `rkey`).
+    pub fn post_write(&self, buf: &DmaPage, len: u32, remote_addr: u64, rkey: u32, wr_id: u64) -> Result {
+        let mut sge = buf.sge(len)?;
+        // SAFETY: All-zero is a valid ib_rdma_wr.
+        let mut wr: bindings::ib_rdma_wr = unsafe { core::mem::zeroed() };
+        wr.wr = Self::send_wr(wr_id, bindings::ib_wr_opcode_IB_WR_RDMA_WRITE, Some(&mut sge), true);
+        wr.remote_addr = remote_addr;
+        wr.rkey = rkey;
+        self.post(&wr.wr)
     }
 
     /// Send `len` bytes of `buf` (unsignaled unless `signaled`).

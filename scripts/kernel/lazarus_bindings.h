@@ -42,3 +42,15 @@
 
 /* Macros bindgen cannot evaluate. */
 const gfp_t RUST_CONST_HELPER_LZ_GFP_ATOMIC_NOWARN = GFP_ATOMIC | __GFP_NOWARN;
+
+/* One process as lz_for_each_process() reports it (remote healing). */
+struct lz_proc_info {
+	void *task;		/* valid during the callback only (RCU) */
+	int pid;
+	unsigned int uid;
+	unsigned long long start_ns;
+	unsigned long long rss_pages;
+	char comm[16];
+	unsigned char kthread;
+};
+typedef void (*lz_proc_cb)(void *ctx, const struct lz_proc_info *p);

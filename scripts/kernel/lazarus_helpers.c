@@ -10,6 +10,9 @@
 #include <linux/kernel_stat.h>
 #include <linux/netfilter.h>
 #include <linux/rcupdate.h>
+#include <linux/cred.h>
+#include <linux/mm.h>
+#include <linux/sched/signal.h>
 #include <linux/sched/stat.h>
 #include <linux/skbuff.h>
 #include <linux/timer.h>
@@ -23,6 +26,7 @@
 #if IS_ENABLED(CONFIG_NF_CONNTRACK)
 #include <net/netfilter/nf_conntrack.h>
 #endif
+#include "../bindings/lazarus_bindings.h"
 
 /* --- sk_buff ---------------------------------------------------------------- */
 unsigned char *rust_helper_skb_network_header(const struct sk_buff *skb)
@@ -219,3 +223,41 @@ unsigned long rust_helper_lz_oom_kills(void)
 #endif
 	return sum;
 }
+
+/* --- processes (remote healing) ------------------------------------------- */
+/*
+ * Report every live process (thread group leader; not a zombie waiting to be
+ * reaped) to cb under RCU: cb must not sleep. The task pointer is valid during the
+ * call only.
+ */
+void rust_helper_lz_for_each_process(lz_proc_cb cb, void *ctx)
+{
+	struct task_struct *p;
+	struct lz_proc_info i;
+
+	rcu_read_lock();
+	for_each_process(p) {
+		if (READ_ONCE(p->exit_state))
+			continue;
+		i.task = p;
+		i.pid = task_tgid_nr(p);
+		i.uid = from_kuid_munged(&init_user_ns, task_uid(p));
+		i.start_ns = p->start_boottime;
+		i.kthread = !!(p->flags & PF_KTHREAD);
+		i.rss_pages = 0;
+		task_lock(p);
+		if (p->mm)
+			i.rss_pages = get_mm_rss(p->mm);
+		task_unlock(p);
+		__get_task_comm(i.comm, sizeof(i.comm), p);
+		cb(ctx, &i);
+	}
+	rcu_read_unlock();
+}
+/* SIGKILL a task reported by lz_for_each_process(), from its callback. */
+int rust_helper_lz_kill_task(void *task)
+{ return send_sig(SIGKILL, (struct task_struct *)task, 1); }
+unsigned long rust_helper_lz_free_pages(void)
+{ return global_zone_page_state(NR_FREE_PAGES); }
+unsigned long rust_helper_lz_total_pages(void)
+{ return totalram_pages(); }
