@@ -7,13 +7,14 @@ drives it across its limit, so that each class's verdict is seen to turn to an
 alarm and back. Only configured monitors may connect.
 """
 import json
+import shlex
 import time
 
 from lzbench import Bench, lzctl_path, wait_for
 
 LZCTL = lzctl_path()
 NOBODY = "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all"
-KERNEL_SENSORS = {1, 2, 3, 4, 5}
+KERNEL_SENSORS = {1, 2, 3, 4, 5, 6}
 
 
 def rdma_up(g):
@@ -144,7 +145,10 @@ def test_bad_backdoor_requests_get_clean_errors():
              "a target needs at least one monitor"),
             ("interval 0", f"{LZCTL} backdoor configure --role monitor --peer 10.77.0.12 --interval-ms 0", 1, "interval-ms must be between"),
             ("a multicast peer", f"{LZCTL} backdoor configure --role monitor --peer 224.0.0.1", 1, "unicast"),
-            ("a kernel sensor id", f"{LZCTL} backdoor sensor-set --id 3 --class level --limit 1 --value 1", 1, "out of range"),
+            ("sensor id 0", f"{LZCTL} backdoor sensor-set --id 0 --class level --limit 1 --value 1", 1, "out of range"),
+            ("a kernel sensor's class", f"{LZCTL} backdoor sensor-set --id 3 --class level --limit 1 --value 1", 1, "class and flags are fixed"),
+            ("the timer's limit", f"{LZCTL} backdoor sensor-set --id 1 --limit 5 --value 0", 1, "only the limits of kernel sensors 3 to 6"),
+            ("an unknown policy", f"{LZCTL} backdoor configure --role monitor --peer 10.77.0.12 --heal reboot", 2, "no healing policy"),
             ("a new sensor without class", f"{LZCTL} backdoor sensor-set --id 1000 --limit 1 --value 1", 1, "needs sensor-class"),
             ("sensor-set unprivileged", f"{NOBODY} {LZCTL} backdoor sensor-set --id 1000 --class level --limit 1 --value 1", 1,
              "Operation not permitted"),
@@ -155,3 +159,75 @@ def test_bad_backdoor_requests_get_clean_errors():
             assert rc == want_rc and want in err, f"{name}: rc {rc}, stderr {err!r}"
         assert status(g)["role"] == "none", "nothing was configured"
         g.run("rmmod lazarus_backdoor")
+
+
+BOMB = ("import os, time\n"
+        "open('/proc/self/comm', 'w').write('lzbomb')\n"
+        "while True:\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(1000)\n"
+        "        os._exit(0)\n"
+        "    time.sleep(0.02)\n")
+HOG = ("import time\n"
+       "open('/proc/self/comm', 'w').write('lzhog')\n"
+       "b = b'x' * (200 << 20)\n"
+       "time.sleep(1000)\n")
+
+
+def diagnose(*gs):
+    for g in gs:
+        print(f"guest {g.index}:", g.out(f"{LZCTL} backdoor status; {LZCTL} backdoor sensors; "
+                                         "dmesg | grep lazarus | tail -15", timeout=60))
+
+
+def count(g, comm):
+    """Live processes named `comm` (killed ones may stay zombies: this guest's init
+    does not reap orphans)."""
+    return int(g.out(f"ps -eo stat=,comm= | awk '$2 == \"{comm}\" && $1 !~ /^Z/' | wc -l").strip())
+
+
+def test_a_fork_bomb_and_a_memory_hog_are_repaired_remotely():
+    with Bench(2, name="lzbh") as b:
+        target, monitor = b.guests
+        for g in b.guests:
+            rdma_up(g)
+        target.run(f"{LZCTL} backdoor configure --role target --peer {monitor.addr} --interval-ms 20")
+        monitor.run(f"{LZCTL} backdoor configure --role monitor --peer {target.addr} --interval-ms 50 --heal fork-bomb,memory-hog")
+        s = wait_for("the monitor to read the box", lambda: sensors(monitor), timeout=90)
+        assert status(monitor)["heal"] == ["fork-bomb", "memory-hog"]
+
+        # Fork bomb: the task count may grow by 40 before it is an alarm; a program
+        # that forks copies of itself without end then gets its whole group killed.
+        target.run(f"{LZCTL} backdoor sensor-set --id 3 --limit {s[3]['value'] + 40} --value 0")
+        target.run(f"printf %s {shlex.quote(BOMB)} > /tmp/bomb.py; setsid python3 /tmp/bomb.py </dev/null >/dev/null 2>&1 &")
+        try:
+            # (It may grow and be killed between two looks: the repair is what counts.)
+            wait_for("the bomb to be killed", lambda: status(target)["stats"]["repairs_done"] >= 1, timeout=90)
+        except AssertionError:
+            diagnose(target, monitor)
+            raise
+        ts = status(target)["stats"]
+        assert ts["repairs_done"] >= 1 and ts["killed"] > 32, ts
+        time.sleep(3)
+        assert count(target, "lzbomb") == 0, "the bomb stays dead (its forking parent went with it)"
+
+        # Memory hog: free memory may drop by 100 MiB before it is an alarm; a
+        # program holding 200 MiB is killed.
+        free = sensors(monitor)[6]["value"]
+        target.run(f"{LZCTL} backdoor sensor-set --id 6 --limit {free - (100 << 20) // 4096} --value 0")
+        target.run(f"printf %s {shlex.quote(HOG)} > /tmp/hog.py; setsid python3 /tmp/hog.py </dev/null >/dev/null 2>&1 &")
+        try:
+            wait_for("the hog to start", lambda: count(target, "lzhog") == 1, timeout=30)
+            wait_for("the hog to be killed", lambda: count(target, "lzhog") == 0, timeout=90)
+        except AssertionError:
+            diagnose(target, monitor)
+            raise
+        wait_for("free memory to recover", lambda: verdict_of(monitor, 6) == "ok", timeout=30)
+
+        ms, ts = status(monitor)["stats"], status(target)["stats"]
+        print("monitor:", ms, "target:", ts)
+        assert ms["repairs_sent"] >= 2 and ts["repairs_done"] >= 2, (ms, ts)
+        assert ms["read_errors"] == 0, ms
+        # Nothing protected was touched: the guest's own agent still answers, and
+        # so does the module.
+        assert status(target)["role"] == "target"

@@ -6,7 +6,7 @@ use super::lzk::errno::EOPNOTSUPP;
 use super::lzk::genl::{self, Dump, FamilySpec, Message, Request};
 use super::lzk::proto::genl_bdoor::{self as spec, backdoor_attr as a, cmd, peer_attr as pa, role, sensor_attr as sa, stats_attr as st};
 use super::lzk::proto::sensor::{Class, Sensor};
-use super::{Config, PeerView, Shared, Stats, PEERS_MAX, USER_SENSORS_MAX, VERSION};
+use super::{Config, PeerView, Shared, Stats, KERNEL_SENSORS, PEERS_MAX, USER_SENSORS_MAX, VERSION};
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -39,7 +39,11 @@ fn put_stats(m: &mut Message, s: &Stats) -> Result {
         m.put_u64(st::READ_ERRORS, l(&s.read_errors))?;
         m.put_u64(st::BAD_BOXES, l(&s.bad_boxes))?;
         m.put_u64(st::ALARMS, l(&s.alarms))?;
-        m.put_u64(st::CONNECT_ERRORS, l(&s.connect_errors))
+        m.put_u64(st::CONNECT_ERRORS, l(&s.connect_errors))?;
+        m.put_u64(st::REPAIRS_SENT, l(&s.repairs_sent))?;
+        m.put_u64(st::REPAIRS_DONE, l(&s.repairs_done))?;
+        m.put_u64(st::REPAIRS_REFUSED, l(&s.repairs_refused))?;
+        m.put_u64(st::KILLED, l(&s.killed))
     })
 }
 
@@ -68,15 +72,16 @@ fn put_peer(m: &mut Message, p: &PeerView) -> Result {
 impl Control {
     fn status(&self, c: u8, req: &Request<'_>) -> Result {
         let s = &*self.shared;
-        let (r, port, interval) = {
+        let (r, port, interval, heal) = {
             let cfg = s.config.lock();
-            (cfg.role, cfg.port, cfg.interval_ms)
+            (cfg.role, cfg.port, cfg.interval_ms, cfg.heal)
         };
         req.reply(c, |m| {
             m.put_str(a::VERSION, VERSION)?;
             m.put_u8(a::ROLE, r)?;
             m.put_u16(a::PORT, port)?;
             m.put_u32(a::INTERVAL_MS, interval)?;
+            m.put_u8(a::HEAL, heal)?;
             put_stats(m, &s.stats)
         })
     }
@@ -127,14 +132,39 @@ impl Control {
         }
         let mut cfg = s.config.lock();
         let generation = cfg.generation + 1;
-        *cfg = Config::new(r, port, peers, interval, generation);
+        *cfg = Config::new(r, port, peers, interval, req.u8(a::HEAL).unwrap_or(0), generation);
         Ok(())
     }
 }
 
+/// Programs' sensors have ids from here on.
+const USER_ID_FIRST: usize = 1000;
+
 impl Control {
+    /// A new limit for one of the kernel's sensors (its class and value are the
+    /// kernel's): tasks, forks, OOM kills, free pages.
+    fn kernel_limit(&self, req: &Request<'_>, id: u32) -> Result {
+        let id = id as usize;
+        if !(3..=KERNEL_SENSORS).contains(&id) {
+            req.set_message(c"only the limits of kernel sensors 3 to 6 can be set (programs' sensors are 1000 and up)");
+            return Err(EINVAL);
+        }
+        if req.attr(a::SENSOR_CLASS).is_some() || req.attr(a::SENSOR_FLAGS).is_some() {
+            req.set_message(c"a kernel sensor's class and flags are fixed");
+            return Err(EINVAL);
+        }
+        let limit = req.u64(a::SENSOR_LIMIT).ok_or_else(|| req.missing(c"missing attribute: sensor-limit"))?;
+        let mut u = self.shared.sensors.lock();
+        u.kernel_limits[id] = Some(limit);
+        u.layout += 1;
+        Ok(())
+    }
+
     fn sensor_set(&self, req: &Request<'_>) -> Result {
         let id = req.u32(a::SENSOR_ID).ok_or_else(|| req.missing(c"missing attribute: sensor-id"))?;
+        if (id as usize) < USER_ID_FIRST {
+            return self.kernel_limit(req, id);
+        }
         let value = req.u64(a::SENSOR_VALUE).ok_or_else(|| req.missing(c"missing attribute: sensor-value"))?;
         let class = match req.u8(a::SENSOR_CLASS) {
             None => None,

@@ -24,6 +24,7 @@ use kernel::sync::{Arc, Mutex};
 mod lzk;
 
 mod control;
+mod heal;
 mod monitor;
 mod runner;
 mod target;
@@ -57,16 +58,18 @@ pub(crate) struct Config {
     peer_list: [[u8; 4]; PEERS_MAX],
     peer_count: usize,
     pub(crate) interval_ms: u32,
+    /// A monitor's healing policies (`heal` bits in the spec).
+    pub(crate) heal: u8,
     /// Changes with every configure, so that the thread applies it once.
     pub(crate) generation: u64,
 }
 
 impl Config {
-    pub(crate) fn new(role: u8, port: u16, peers: &[[u8; 4]], interval_ms: u32, generation: u64) -> Self {
+    pub(crate) fn new(role: u8, port: u16, peers: &[[u8; 4]], interval_ms: u32, heal: u8, generation: u64) -> Self {
         let mut peer_list = [[0; 4]; PEERS_MAX];
         let peer_count = peers.len().min(PEERS_MAX);
         peer_list[..peer_count].copy_from_slice(&peers[..peer_count]);
-        Config { role, port, peer_list, peer_count, interval_ms, generation }
+        Config { role, port, peer_list, peer_count, interval_ms, heal, generation }
     }
 
     /// The monitors a target accepts, or the targets a monitor reads.
@@ -86,6 +89,10 @@ pub(crate) struct Stats {
     pub(crate) alarms: AtomicU64,
     pub(crate) connect_errors: AtomicU64,
     pub(crate) events_dropped: AtomicU64,
+    pub(crate) repairs_sent: AtomicU64,
+    pub(crate) repairs_done: AtomicU64,
+    pub(crate) repairs_refused: AtomicU64,
+    pub(crate) killed: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -95,10 +102,14 @@ pub(crate) fn bump(c: &AtomicU64) {
 /// Sensors programs create through netlink (`sensor-set`), shown after the
 /// kernel's own in the box.
 pub(crate) const USER_SENSORS_MAX: usize = 32;
+/// The kernel's own sensors have ids 1 to this.
+pub(crate) const KERNEL_SENSORS: usize = 6;
 
 pub(crate) struct UserSensors {
     pub(crate) list: [lzk::proto::sensor::Sensor; USER_SENSORS_MAX],
     pub(crate) count: usize,
+    /// Limits an operator set for the kernel's own sensors, by id (index 0 unused).
+    pub(crate) kernel_limits: [Option<u64>; KERNEL_SENSORS + 1],
     /// Changes when a sensor is added or its class, flags or limit change: the box
     /// is laid out again (with a new generation).
     pub(crate) layout: u64,
@@ -143,12 +154,13 @@ pub(crate) struct Shared {
 impl Shared {
     fn new() -> impl PinInit<Self> {
         pin_init!(Shared {
-            config <- new_mutex!(Config::new(role::NONE, 0, &[], INTERVAL_DEFAULT_MS, 0)),
+            config <- new_mutex!(Config::new(role::NONE, 0, &[], INTERVAL_DEFAULT_MS, 0, 0)),
             events <- new_mutex!(KVec::new()),
             view <- new_mutex!(KVec::new()),
             sensors <- new_mutex!(UserSensors {
                 list: [lzk::proto::sensor::Sensor { id: 0, class: lzk::proto::sensor::Class::Level, flags: 0, limit: 0, value: 0 }; USER_SENSORS_MAX],
                 count: 0,
+                kernel_limits: [None; KERNEL_SENSORS + 1],
                 layout: 0,
             }),
             stats: Stats::default(),

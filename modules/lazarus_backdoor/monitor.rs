@@ -14,7 +14,9 @@
 //! within a second tears the connection down and retries after [`RETRY_MS`].
 
 use super::lzk::proto::genl_bdoor::{peer_state, verdict};
+use super::lzk::proto::heal::{self, ProcBox};
 use super::lzk::proto::sensor::{self, region, Class, SensorBox, Verdict};
+use super::target::id as tid;
 use super::lzk::rdma::{CmEvent, CmId, Cq, DmaPage, EventInfo, Pd};
 use super::lzk::vec;
 use super::target::RD_DEPTH;
@@ -23,6 +25,18 @@ use kernel::prelude::*;
 
 const WR_RECV: u64 = 1;
 const WR_READ: u64 = 2;
+const WR_PROCS: u64 = 3;
+const WR_REPAIR: u64 = 4;
+/// After a repair request, the policies wait this long before they act again (the
+/// target needs a moment to kill, the sensors to show it).
+const HEAL_COOLDOWN_MS: u64 = 3000;
+/// Fork bomb: a group of one user's processes with one command larger than this.
+const FORK_BOMB_MEMBERS: u32 = 32;
+/// Memory hog: a process with more resident pages than this (64 MiB of 4 KiB).
+const MEMORY_HOG_PAGES: u64 = 16384;
+/// `heal` bits.
+const HEAL_FORK_BOMB: u8 = 1;
+const HEAL_MEMORY_HOG: u8 = 2;
 /// Wait between connection attempts.
 const RETRY_MS: u64 = 1000;
 /// A read not completed within this is an error (and ends the connection).
@@ -39,7 +53,21 @@ struct Link {
     cq: Option<Cq>,
     recv: Option<DmaPage>,
     read: Option<DmaPage>,
+    /// The process box is read into this; repair requests are written from `out`.
+    procs: Option<DmaPage>,
+    out: Option<DmaPage>,
     pd: Option<Pd>,
+}
+
+/// A healing policy's progress on one target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heal {
+    /// Acts on the next alarm from the given time on.
+    Idle { from: u64 },
+    /// Reading the process box since then.
+    Reading { since: u64 },
+    /// Writing a repair request since then.
+    Writing { since: u64 },
 }
 
 enum Phase {
@@ -72,6 +100,11 @@ struct Peer {
     addr: [u8; 4],
     link: Option<Link>,
     phase: Phase,
+    /// The target's process box and repair page, from its region table.
+    procs_region: Option<region::Region>,
+    repair_region: Option<region::Region>,
+    heal: Heal,
+    repair_seq: u64,
     generation: u64,
     reads: u64,
     last_read: Option<u64>,
@@ -80,6 +113,7 @@ struct Peer {
 
 pub(crate) struct Monitor {
     port: u16,
+    heal: u8,
     peers: KVec<Peer>,
     /// When the view for netlink was last refreshed.
     published_at: u64,
@@ -93,12 +127,26 @@ impl Monitor {
     pub(crate) fn new(cfg: &Config) -> Self {
         let mut peers = KVec::new();
         for a in cfg.peers() {
-            let p = Peer { addr: *a, link: None, phase: Phase::Idle { at: 0 }, generation: 0, reads: 0, last_read: None, judged: KVec::new() };
+            let p = Peer {
+                addr: *a,
+                link: None,
+                phase: Phase::Idle { at: 0 },
+                procs_region: None,
+                repair_region: None,
+                heal: Heal::Idle { from: 0 },
+                // Sequence numbers from the clock: a target that outlives this
+                // monitor's configuration never takes a new request for an old one.
+                repair_seq: super::now_ms(),
+                generation: 0,
+                reads: 0,
+                last_read: None,
+                judged: KVec::new(),
+            };
             if peers.push(p, GFP_KERNEL).is_err() {
                 break;
             }
         }
-        Monitor { port: cfg.port, peers, published_at: 0 }
+        Monitor { port: cfg.port, heal: cfg.heal, peers, published_at: 0 }
     }
 
     pub(crate) fn on_event(&mut self, s: &Shared, e: &EventInfo, now: u64) {
@@ -142,7 +190,7 @@ impl Monitor {
                 }
                 Phase::Established => p.take_table(s, now),
                 Phase::Reading { .. } => {
-                    if p.read_step(s, now, interval_ms).is_err() {
+                    if p.read_step(s, now, interval_ms, self.heal).is_err() {
                         bump(&s.stats.read_errors);
                         p.reset(s, now);
                     }
@@ -204,7 +252,7 @@ impl Peer {
         // owns this id.
         let id = unsafe { CmId::new(s) }?;
         id.resolve_addr(self.addr, port, RESOLVE_MS)?;
-        self.link = Some(Link { id, cq: None, recv: None, read: None, pd: None });
+        self.link = Some(Link { id, cq: None, recv: None, read: None, procs: None, out: None, pd: None });
         self.phase = Phase::Resolving;
         Ok(())
     }
@@ -217,9 +265,11 @@ impl Peer {
         l.id.create_qp(&pd, &cq, 8, 2)?;
         let recv = DmaPage::new(&pd)?;
         let read = DmaPage::new(&pd)?;
+        let procs = DmaPage::new(&pd)?;
+        let out = DmaPage::new(&pd)?;
         l.id.post_recv(&recv, WR_RECV)?;
         l.id.resolve_route(RESOLVE_MS)?;
-        (l.cq, l.recv, l.read, l.pd) = (Some(cq), Some(recv), Some(read), Some(pd));
+        (l.cq, l.recv, l.read, l.procs, l.out, l.pd) = (Some(cq), Some(recv), Some(read), Some(procs), Some(out), Some(pd));
         self.phase = Phase::Routing;
         Ok(())
     }
@@ -242,8 +292,11 @@ impl Peer {
             let mut table = [0u8; region::HEADER_LEN + region::MAX * region::ENTRY_LEN];
             let n = (c.byte_len as usize).min(table.len());
             let found = c.ok && recv.page.read(0, &mut table[..n]);
+            let fits = |r: &region::Region| r.len as usize <= super::lzk::rdma::PAGE;
+            self.procs_region = found.then(|| region::find(&table[..n], region::kind::PROCESS_BOX)).flatten().filter(fits);
+            self.repair_region = found.then(|| region::find(&table[..n], region::kind::REPAIR)).flatten().filter(fits);
             match found.then(|| region::find(&table[..n], region::kind::SENSOR_BOX)).flatten() {
-                Some(r) if r.len as usize <= super::lzk::rdma::PAGE => {
+                Some(r) if fits(&r) => {
                     pr_info!("monitor: {}.{}.{}.{}: connected, box of {} bytes\n", self.addr[0], self.addr[1], self.addr[2], self.addr[3], r.len);
                     self.phase = Phase::Reading { addr: r.addr, rkey: r.rkey, len: r.len, in_flight: None, next: now };
                 }
@@ -256,41 +309,115 @@ impl Peer {
         }
     }
 
-    /// Post a read when due; take its completion and judge the box.
-    fn read_step(&mut self, s: &Shared, now: u64, interval_ms: u32) -> Result {
+    /// Post a read when due; take the completions (the box's, and a healing
+    /// policy's) and act on them.
+    fn read_step(&mut self, s: &Shared, now: u64, interval_ms: u32, heal: u8) -> Result {
         let Phase::Reading { addr, rkey, len, in_flight, next } = self.phase else { return Ok(()) };
-        let l = self.link.as_ref().ok_or(EINVAL)?;
-        let (Some(cq), Some(read)) = (l.cq.as_ref(), l.read.as_ref()) else { return Err(EINVAL) };
-        match in_flight {
-            None if now >= next => {
-                l.id.post_read(read, len, addr, rkey, WR_READ)?;
-                self.phase = Phase::Reading { addr, rkey, len, in_flight: Some(now), next };
-            }
-            None => {}
-            Some(since) => {
-                while let Some(c) = cq.poll() {
-                    if c.wr_id != WR_READ {
-                        continue;
-                    }
-                    if !c.ok {
-                        return Err(EIO);
-                    }
-                    let mut buf = KVec::from_elem(0u8, len as usize, GFP_KERNEL)?;
-                    if !read.page.read(0, &mut buf) {
-                        return Err(EINVAL);
-                    }
-                    bump(&s.stats.reads);
-                    self.reads += 1;
-                    self.last_read = Some(now);
-                    self.judge(s, &buf, now);
-                    self.phase = Phase::Reading { addr, rkey, len, in_flight: None, next: since + interval_ms as u64 };
-                    return Ok(());
-                }
-                if now.saturating_sub(since) > READ_LIMIT_MS {
-                    return Err(super::lzk::errno::ETIMEDOUT());
+        let (mut box_done, mut procs_done, mut repair_done) = (None, None, None);
+        {
+            let l = self.link.as_ref().ok_or(EINVAL)?;
+            let cq = l.cq.as_ref().ok_or(EINVAL)?;
+            while let Some(c) = cq.poll() {
+                match c.wr_id {
+                    WR_READ => box_done = Some(c.ok),
+                    WR_PROCS => procs_done = Some(c.ok),
+                    WR_REPAIR => repair_done = Some(c.ok),
+                    _ => {}
                 }
             }
         }
+        // A failed one-sided operation has put the queue pair in error: reconnect.
+        if box_done == Some(false) || procs_done == Some(false) || repair_done == Some(false) {
+            return Err(EIO);
+        }
+        if procs_done.is_some() {
+            self.choose(s, now, heal)?;
+        }
+        if repair_done.is_some() {
+            bump(&s.stats.repairs_sent);
+            self.heal = Heal::Idle { from: now + HEAL_COOLDOWN_MS };
+        }
+        if let Heal::Reading { since } | Heal::Writing { since } = self.heal {
+            if now.saturating_sub(since) > READ_LIMIT_MS {
+                return Err(super::lzk::errno::ETIMEDOUT());
+            }
+        }
+        match (in_flight, box_done) {
+            (None, _) if now >= next => {
+                let l = self.link.as_ref().ok_or(EINVAL)?;
+                let read = l.read.as_ref().ok_or(EINVAL)?;
+                l.id.post_read(read, len, addr, rkey, WR_READ)?;
+                self.phase = Phase::Reading { addr, rkey, len, in_flight: Some(now), next };
+            }
+            (Some(since), Some(true)) => {
+                let mut buf = KVec::from_elem(0u8, len as usize, GFP_KERNEL)?;
+                let l = self.link.as_ref().ok_or(EINVAL)?;
+                if !l.read.as_ref().ok_or(EINVAL)?.page.read(0, &mut buf) {
+                    return Err(EINVAL);
+                }
+                bump(&s.stats.reads);
+                self.reads += 1;
+                self.last_read = Some(now);
+                self.judge(s, &buf, now);
+                self.phase = Phase::Reading { addr, rkey, len, in_flight: None, next: since + interval_ms as u64 };
+                self.maybe_heal(now, heal)?;
+            }
+            (Some(since), _) if now.saturating_sub(since) > READ_LIMIT_MS => return Err(super::lzk::errno::ETIMEDOUT()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether a sensor `id` shows an alarm now.
+    fn alarm(&self, id: u32) -> bool {
+        self.judged.iter().any(|j| j.id == id && j.view.verdict == verdict::ALARM)
+    }
+
+    /// A policy whose sensor shows an alarm reads the process box.
+    fn maybe_heal(&mut self, now: u64, heal: u8) -> Result {
+        let Heal::Idle { from } = self.heal else { return Ok(()) };
+        let bomb = heal & HEAL_FORK_BOMB != 0 && (self.alarm(tid::TASKS) || self.alarm(tid::FORKS));
+        let hog = heal & HEAL_MEMORY_HOG != 0 && self.alarm(tid::FREE_PAGES);
+        let (Some(r), true) = (self.procs_region, now >= from && (bomb || hog)) else { return Ok(()) };
+        let l = self.link.as_ref().ok_or(EINVAL)?;
+        l.id.post_read(l.procs.as_ref().ok_or(EINVAL)?, r.len, r.addr, r.rkey, WR_PROCS)?;
+        self.heal = Heal::Reading { since: now };
+        Ok(())
+    }
+
+    /// The process box arrived: pick the culprits and write the repair request.
+    fn choose(&mut self, s: &Shared, now: u64, heal: u8) -> Result {
+        self.heal = Heal::Idle { from: now + 1000 };
+        let l = self.link.as_ref().ok_or(EINVAL)?;
+        let mut buf = KVec::from_elem(0u8, super::lzk::rdma::PAGE, GFP_KERNEL)?;
+        if !l.procs.as_ref().ok_or(EINVAL)?.page.read(0, &mut buf) {
+            return Err(EINVAL);
+        }
+        let Ok(pb) = ProcBox::parse(&buf) else {
+            bump(&s.stats.bad_boxes);
+            return Ok(());
+        };
+        let bomb = heal & HEAL_FORK_BOMB != 0 && (self.alarm(tid::TASKS) || self.alarm(tid::FORKS));
+        let culprit = if bomb { heal::fork_bomb(&pb, FORK_BOMB_MEMBERS) } else { None }
+            .or_else(|| if heal & HEAL_MEMORY_HOG != 0 && self.alarm(tid::FREE_PAGES) { heal::memory_hog(&pb, MEMORY_HOG_PAGES) } else { None });
+        let (Some(c), Some(r)) = (culprit, self.repair_region) else { return Ok(()) };
+        self.repair_seq += 1;
+        let out = l.out.as_ref().ok_or(EINVAL)?;
+        let mut req = [0u8; heal::REPAIR_HEADER_LEN + heal::CULPRIT_LEN];
+        let n = heal::write_repair(&mut req, self.repair_seq, &[c]).ok_or(EINVAL)?;
+        out.page.write(0, &req[..n]);
+        l.id.post_write(out, n as u32, r.addr, r.rkey, WR_REPAIR)?;
+        match c {
+            heal::Culprit::Group { uid, comm } => pr_warn!(
+                "monitor: {}.{}.{}.{}: fork bomb: killing uid {}'s {} processes\n",
+                self.addr[0], self.addr[1], self.addr[2], self.addr[3], uid, super::heal::comm_str(&comm)
+            ),
+            heal::Culprit::Process { pid, .. } => pr_warn!(
+                "monitor: {}.{}.{}.{}: memory hog: killing process {}\n",
+                self.addr[0], self.addr[1], self.addr[2], self.addr[3], pid
+            ),
+        }
+        self.heal = Heal::Writing { since: now };
         Ok(())
     }
 

@@ -63,14 +63,16 @@ pub mod backdoor_attr {
     pub const STATS: u16 = 6;
     /// One target as a monitor sees it, in a dump.
     pub const PEER: u16 = 7;
-    /// A userspace sensor's id (1 to 999 are the kernel's own).
+    /// A sensor's id: 1000 and up for programs' own; for the kernel's (3 tasks, 4 forks, 5 OOM kills, 6 free pages) only the limit may be changed.
     pub const SENSOR_ID: u16 = 8;
     pub const SENSOR_CLASS: u16 = 9;
     pub const SENSOR_LIMIT: u16 = 10;
     pub const SENSOR_VALUE: u16 = 11;
     /// Sensor flags (1 for a level sensor that must stay at or above its limit).
     pub const SENSOR_FLAGS: u16 = 12;
-    pub const MAX: u16 = 12;
+    /// A monitor's healing policies (bits): 1 fork bomb (on a task or fork alarm, kill the largest group of processes of one user and command, if it has more than 32 members), 2 memory hog (on a free-memory alarm, kill the largest process above 64 MiB resident). 0 watches only.
+    pub const HEAL: u16 = 13;
+    pub const MAX: u16 = 13;
 }
 
 /// Attributes of the `stats` set.
@@ -89,7 +91,15 @@ pub mod stats_attr {
     pub const ALARMS: u16 = 6;
     /// A monitor's connection attempts that failed.
     pub const CONNECT_ERRORS: u16 = 7;
-    pub const MAX: u16 = 7;
+    /// Repair requests a monitor wrote into its targets.
+    pub const REPAIRS_SENT: u16 = 8;
+    /// Repair requests a target carried out.
+    pub const REPAIRS_DONE: u16 = 9;
+    /// Repair requests a target refused (malformed, torn, or naming nothing it may kill).
+    pub const REPAIRS_REFUSED: u16 = 10;
+    /// Processes a target killed for its monitors.
+    pub const KILLED: u16 = 11;
+    pub const MAX: u16 = 11;
 }
 
 /// Attributes of the `peer` set.
@@ -127,11 +137,12 @@ pub const POLICY: &[AttrPolicy] = &[
     AttrPolicy { id: backdoor_attr::INTERVAL_MS, kind: AttrKind::U32, min: None, max: None, max_len: 0 },
     AttrPolicy { id: backdoor_attr::STATS, kind: AttrKind::Nest, min: None, max: None, max_len: 0 },
     AttrPolicy { id: backdoor_attr::PEER, kind: AttrKind::Nest, min: None, max: None, max_len: 0 },
-    AttrPolicy { id: backdoor_attr::SENSOR_ID, kind: AttrKind::U32, min: Some(1000), max: None, max_len: 0 },
+    AttrPolicy { id: backdoor_attr::SENSOR_ID, kind: AttrKind::U32, min: Some(1), max: None, max_len: 0 },
     AttrPolicy { id: backdoor_attr::SENSOR_CLASS, kind: AttrKind::U8, min: Some(1), max: Some(3), max_len: 0 },
     AttrPolicy { id: backdoor_attr::SENSOR_LIMIT, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
     AttrPolicy { id: backdoor_attr::SENSOR_VALUE, kind: AttrKind::U64, min: None, max: None, max_len: 0 },
     AttrPolicy { id: backdoor_attr::SENSOR_FLAGS, kind: AttrKind::U8, min: None, max: Some(1), max_len: 0 },
+    AttrPolicy { id: backdoor_attr::HEAL, kind: AttrKind::U8, min: None, max: Some(3), max_len: 0 },
 ];
 
 /// Command numbers.

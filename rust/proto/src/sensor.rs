@@ -255,6 +255,10 @@ pub mod region {
     /// What a region holds.
     pub mod kind {
         pub const SENSOR_BOX: u16 = 1;
+        /// The process box (`heal`), read when a healing policy acts.
+        pub const PROCESS_BOX: u16 = 2;
+        /// Where a monitor writes repair requests (`heal`).
+        pub const REPAIR: u16 = 3;
     }
 
     /// One registered region: `len` bytes from the peer's address `addr`, under `rkey`.

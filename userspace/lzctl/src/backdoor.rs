@@ -24,6 +24,9 @@ pub enum BackdoorCmd {
         /// Refresh (target) or read (monitor) interval, 1-60000 ms.
         #[arg(long)]
         interval_ms: Option<u32>,
+        /// A monitor's healing policies, comma-separated: fork-bomb, memory-hog.
+        #[arg(long, value_delimiter = ',')]
+        heal: Vec<String>,
     },
     /// The sensors of every target this monitor reads, or of one.
     Sensors {
@@ -31,9 +34,11 @@ pub enum BackdoorCmd {
         node: Option<Ipv4Addr>,
     },
     /// Create or update a sensor in this node's Sensor Box (a program's own
-    /// progress counter, level or event count).
+    /// progress counter, level or event count), or set the limit of one of the
+    /// kernel's (3 tasks, 4 forks, 5 OOM kills, 6 free pages; its value is the
+    /// kernel's, --value is ignored).
     SensorSet {
-        /// Sensor id, 1000 or above (below are the kernel's).
+        /// Sensor id: 1000 or above for a program's, 3 to 6 for a kernel sensor's limit.
         #[arg(long)]
         id: u32,
         /// progress, level or pressure (needed for a new sensor).
@@ -61,6 +66,8 @@ fn status_lines(s: &BackdoorStatus) -> Vec<String> {
         format!("  monitors:  {} accepted, {} refused", st.accepted, st.refused),
         format!("  reads:     {} ({} errors, {} bad boxes), {} alarms", st.reads, st.read_errors, st.bad_boxes, st.alarms),
         format!("  connects:  {} failed", st.connect_errors),
+        format!("  healing:   {} (repairs: {} sent, {} done, {} refused; {} processes killed)",
+            if s.heal.is_empty() { "off".to_string() } else { s.heal.join(",") }, st.repairs_sent, st.repairs_done, st.repairs_refused, st.killed),
     ]
 }
 
@@ -88,11 +95,12 @@ pub fn run(cmd: BackdoorCmd, json: bool) -> Result<(), Failure> {
                 status_lines(&s).iter().for_each(|l| println!("{l}"));
             }
         }
-        BackdoorCmd::Configure { role, port, peers, interval_ms } => {
+        BackdoorCmd::Configure { role, port, peers, interval_ms, heal } => {
             if role != BackdoorRole::None && peers.is_empty() {
                 return Err(crate::usage("give at least one --peer (a target's monitors, or a monitor's targets)".into()));
             }
-            c.configure(role, port, &peers, interval_ms)?;
+            let bits = lznl::heal_bits(&heal).map_err(crate::usage)?;
+            c.configure(role, port, &peers, interval_ms, bits)?;
         }
         BackdoorCmd::SensorSet { id, class, limit, value, at_least } => {
             c.sensor_set(id, class.as_deref(), limit, value, at_least)?;

@@ -55,6 +55,10 @@ pub struct BackdoorStats {
     pub bad_boxes: u64,
     pub alarms: u64,
     pub connect_errors: u64,
+    pub repairs_sent: u64,
+    pub repairs_done: u64,
+    pub repairs_refused: u64,
+    pub killed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +67,19 @@ pub struct BackdoorStatus {
     pub role: BackdoorRole,
     pub port: u16,
     pub interval_ms: u32,
+    /// Healing policies: `fork-bomb`, `memory-hog`.
+    pub heal: Vec<&'static str>,
     pub stats: BackdoorStats,
+}
+
+/// `heal` bits and their names.
+pub const HEAL_POLICIES: &[(u8, &str)] = &[(1, "fork-bomb"), (2, "memory-hog")];
+
+/// The `heal` bits of policy names (`fork-bomb`, `memory-hog`).
+pub fn heal_bits(names: &[String]) -> Result<u8, String> {
+    names.iter().try_fold(0u8, |bits, n| {
+        HEAL_POLICIES.iter().find(|(_, name)| name == n).map(|(b, _)| bits | b).ok_or_else(|| format!("no healing policy {n:?} (fork-bomb, memory-hog)"))
+    })
 }
 
 /// One sensor as the monitor judged it at its latest read.
@@ -125,6 +141,10 @@ fn status_from(r: &Attrs) -> Result<BackdoorStatus, Error> {
         role: r.u8(a::ROLE).and_then(BackdoorRole::from_code).ok_or(Error::Reply("role"))?,
         port: r.u16(a::PORT).unwrap_or(0),
         interval_ms: r.u32(a::INTERVAL_MS).ok_or(Error::Reply("interval-ms"))?,
+        heal: {
+            let bits = r.u8(a::HEAL).unwrap_or(0);
+            HEAL_POLICIES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect()
+        },
         stats: BackdoorStats {
             accepted: g(st::ACCEPTED),
             refused: g(st::REFUSED),
@@ -133,6 +153,10 @@ fn status_from(r: &Attrs) -> Result<BackdoorStatus, Error> {
             bad_boxes: g(st::BAD_BOXES),
             alarms: g(st::ALARMS),
             connect_errors: g(st::CONNECT_ERRORS),
+            repairs_sent: g(st::REPAIRS_SENT),
+            repairs_done: g(st::REPAIRS_DONE),
+            repairs_refused: g(st::REPAIRS_REFUSED),
+            killed: g(st::KILLED),
         },
     })
 }
@@ -158,7 +182,7 @@ impl BackdoorClient {
 
     /// Set the role: a target accepts the monitors in `peers`, a monitor reads the
     /// targets in `peers`.
-    pub fn configure(&self, role: BackdoorRole, port: u16, peers: &[Ipv4Addr], interval_ms: Option<u32>) -> Result<(), Error> {
+    pub fn configure(&self, role: BackdoorRole, port: u16, peers: &[Ipv4Addr], interval_ms: Option<u32>, heal: u8) -> Result<(), Error> {
         let mut v = vec![RawAttr::u8(a::ROLE, role.code())];
         if port != 0 {
             v.push(RawAttr::u16(a::PORT, port));
@@ -168,6 +192,9 @@ impl BackdoorClient {
         }
         if let Some(i) = interval_ms {
             v.push(RawAttr::u32(a::INTERVAL_MS, i));
+        }
+        if heal != 0 {
+            v.push(RawAttr::u8(a::HEAL, heal));
         }
         self.genl.request(cmd::CONFIGURE, &v, false).map(drop)
     }
@@ -232,6 +259,13 @@ mod tests {
         let t = TargetView::from_nest(&odd).unwrap();
         assert_eq!((t.state, t.sensors[0].class, t.sensors[0].verdict), ("unknown", "unknown", "unknown"));
         assert!(TargetView::from_nest(&nla(pa::STATE, &[0])).is_err(), "an address is required");
+    }
+
+    #[test]
+    fn healing_policies_by_name() {
+        assert_eq!(heal_bits(&["fork-bomb".into(), "memory-hog".into()]), Ok(3));
+        assert_eq!(heal_bits(&[]), Ok(0));
+        assert!(heal_bits(&["reboot".into()]).unwrap_err().contains("no healing policy"));
     }
 
     #[test]

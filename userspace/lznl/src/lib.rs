@@ -9,7 +9,7 @@ mod backdoor;
 mod shadow;
 mod splice;
 
-pub use backdoor::{BackdoorClient, BackdoorRole, BackdoorStats, BackdoorStatus, SensorReading, TargetView};
+pub use backdoor::{heal_bits, BackdoorClient, BackdoorRole, BackdoorStats, BackdoorStatus, SensorReading, TargetView};
 pub use splice::{SpliceClient, SpliceEntry, SpliceSide, SpliceStats, SpliceStatus, TsShifts};
 pub use shadow::{
     conn_flags, ClusterKey, PlannedRefusal, PlannedTakeover, ShadowClient, ShadowConfig, ShadowConn, ShadowEvent, ShadowMonitor, ShadowRole, ShadowStats,
