@@ -40,7 +40,7 @@ pub(crate) struct Target {
     scratch: KBox<Scratch>,
     next_refresh: u64,
     generation: u64,
-    /// The latest repair request carried out (or refused).
+    /// The number of the latest repair request carried out (or refused).
     done_seq: u64,
 }
 
@@ -114,8 +114,10 @@ impl Target {
         if !page.read(0, &mut head) || head[..4] != proto::REPAIR_MAGIC.to_le_bytes() {
             return;
         }
+        // A new request is one whose number differs from the last one carried out
+        // (not a larger one: a monitor that restarted counts from its new clock).
         let seq = u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]);
-        if seq <= self.done_seq {
+        if seq == self.done_seq {
             return;
         }
         let Ok(mut buf) = KVec::from_elem(0u8, REPAIR_HEADER_LEN + REPAIR_MAX * CULPRIT_LEN, GFP_KERNEL) else { return };

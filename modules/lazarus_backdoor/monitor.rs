@@ -134,8 +134,9 @@ impl Monitor {
                 procs_region: None,
                 repair_region: None,
                 heal: Heal::Idle { from: 0 },
-                // Sequence numbers from the clock: a target that outlives this
-                // monitor's configuration never takes a new request for an old one.
+                // A target carries out a request whose number differs from the
+                // last one's: starting from the clock makes a new configuration's
+                // first request differ from the previous one's.
                 repair_seq: super::now_ms(),
                 generation: 0,
                 reads: 0,
@@ -373,11 +374,17 @@ impl Peer {
         self.judged.iter().any(|j| j.id == id && j.view.verdict == verdict::ALARM)
     }
 
+    /// Which enabled policies' sensors show an alarm: (fork bomb, memory hog).
+    fn triggered(&self, heal: u8) -> (bool, bool) {
+        let bomb = heal & HEAL_FORK_BOMB != 0 && (self.alarm(tid::TASKS) || self.alarm(tid::FORKS));
+        let hog = heal & HEAL_MEMORY_HOG != 0 && self.alarm(tid::FREE_PAGES);
+        (bomb, hog)
+    }
+
     /// A policy whose sensor shows an alarm reads the process box.
     fn maybe_heal(&mut self, now: u64, heal: u8) -> Result {
         let Heal::Idle { from } = self.heal else { return Ok(()) };
-        let bomb = heal & HEAL_FORK_BOMB != 0 && (self.alarm(tid::TASKS) || self.alarm(tid::FORKS));
-        let hog = heal & HEAL_MEMORY_HOG != 0 && self.alarm(tid::FREE_PAGES);
+        let (bomb, hog) = self.triggered(heal);
         let (Some(r), true) = (self.procs_region, now >= from && (bomb || hog)) else { return Ok(()) };
         let l = self.link.as_ref().ok_or(EINVAL)?;
         l.id.post_read(l.procs.as_ref().ok_or(EINVAL)?, r.len, r.addr, r.rkey, WR_PROCS)?;
@@ -397,9 +404,9 @@ impl Peer {
             bump(&s.stats.bad_boxes);
             return Ok(());
         };
-        let bomb = heal & HEAL_FORK_BOMB != 0 && (self.alarm(tid::TASKS) || self.alarm(tid::FORKS));
+        let (bomb, hog) = self.triggered(heal);
         let culprit = if bomb { heal::fork_bomb(&pb, FORK_BOMB_MEMBERS) } else { None }
-            .or_else(|| if heal & HEAL_MEMORY_HOG != 0 && self.alarm(tid::FREE_PAGES) { heal::memory_hog(&pb, MEMORY_HOG_PAGES) } else { None });
+            .or_else(|| if hog { heal::memory_hog(&pb, MEMORY_HOG_PAGES) } else { None });
         let (Some(c), Some(r)) = (culprit, self.repair_region) else { return Ok(()) };
         self.repair_seq += 1;
         let out = l.out.as_ref().ok_or(EINVAL)?;
